@@ -1,0 +1,71 @@
+r"""
+# Attention on PyTorch's fused kernel
+
+labml_nn's `MultiHeadAttention` spells attention out: an `einsum` for the scores
+$Q K^\top / \sqrt{d_k}$, a masked fill, a softmax over keys, dropout, and another `einsum`
+with the values. PyTorch's `scaled_dot_product_attention` computes the same
+$$\text{softmax}\Big(\frac{Q K^\top}{\sqrt{d_k}} + M\Big) V$$
+in one fused kernel (flash or memory-efficient attention where the hardware has them), and
+with `is_causal=True` it never materialises the causal mask.
+
+`SDPAttention` subclasses labml_nn's module and only replaces `forward`, so the parameters,
+their names and shapes are the same: a checkpoint trained with one loads into the other.
+Select it with `transformer.encoder_attn=sdpa`.
+"""
+
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+
+from labml.configs import calculate
+from labml_nn.transformers import TransformerConfigs
+from labml_nn.transformers.mha import MultiHeadAttention
+
+
+class SDPAttention(MultiHeadAttention):
+    def forward(self, *, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+                mask: Optional[torch.Tensor] = None):
+        """
+        Inputs are `[seq_len, batch_size, d_model]` and `mask` is labml's
+        `[seq_len_q, seq_len_k, batch_size or 1]`, true where a query may see a key.
+        """
+        seq_len, batch_size, _ = query.shape
+        # `[seq_len, batch_size, heads, d_k]` -> `[batch_size, heads, seq_len, d_k]`
+        q, k, v = (t.permute(1, 2, 0, 3) for t in (self.query(query), self.key(key), self.value(value)))
+
+        attn_mask, is_causal = None, False
+        if mask is not None:
+            # A GPT's mask is lower-triangular; the fused kernel then needs no mask at all.
+            if mask.shape[0] == mask.shape[1] == k.shape[2] and mask.shape[2] == 1 and _is_causal(mask):
+                is_causal = True
+            else:
+                # `[seq_q, seq_k, batch]` -> `[batch, 1, seq_q, seq_k]`, broadcast over heads
+                attn_mask = mask.permute(2, 0, 1).unsqueeze(1)
+
+        x = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, is_causal=is_causal,
+                                           dropout_p=self.dropout.p if self.training else 0.0)
+        # `[batch_size, heads, seq_len, d_k]` -> `[seq_len, batch_size, d_model]`
+        x = x.permute(2, 0, 1, 3).reshape(seq_len, batch_size, -1)
+        return self.output(x)
+
+
+_causal_masks = set()
+
+
+def _is_causal(mask: torch.Tensor) -> bool:
+    """Whether `mask` is lower-triangular; remembered per mask object, since a GPT reuses its mask."""
+    key = (id(mask), mask.data_ptr(), mask.shape[0])
+    if key not in _causal_masks:
+        if not torch.equal(mask[:, :, 0], torch.ones_like(mask[:, :, 0]).tril()):
+            return False
+        _causal_masks.add(key)
+    return True
+
+
+def _sdpa(c: TransformerConfigs):
+    return SDPAttention(c.n_heads, c.d_model, dropout_prob=c.dropout)
+
+
+calculate(TransformerConfigs.encoder_attn, 'sdpa', _sdpa)
+calculate(TransformerConfigs.decoder_attn, 'sdpa', _sdpa)

@@ -1,0 +1,349 @@
+"""
+# Configurations
+
+`Configs` is the whole experiment as labml configurations. It extends labml_nn's
+`NLPAutoRegressionConfigs` (the trainer for autoregressive language models: data, loaders,
+training/validation loop, loss, accuracy, periodic samples) and adds, as `@option`s:
+
+* `transformer`: labml_nn's `TransformerConfigs`, sized from the vocabulary, with GELU;
+* `model`: the [GPT](model.html) with N(0, 0.02) initialisation;
+* `optimizer`: the minGPT weight-decay groups on `AdamWarmupCosineDecay`
+  ([optimizer](optimizer.html));
+* `text`, `train_loader`, `valid_loader`: [data](data.html) that checks what it reads and
+  cuts batches by index.
+
+Every value can be overridden with labml's `experiment.configs(conf, overrides)`; the
+defaults are the labml GPT recipe on Tiny Shakespeare.
+"""
+
+import signal
+import warnings
+
+import torch
+
+from labml import experiment, lab, logger, monit, tracker
+from labml.configs import option
+from labml.logger import Text
+from labml_helpers.train_valid import BatchIndex, hook_model_outputs
+from labml_nn.experiments.nlp_autoregression import NLPAutoRegressionConfigs
+from labml_nn.optimizers.configs import OptimizerConfigs
+from labml_nn.transformers import TransformerConfigs
+
+from . import attention, data, sampling  # noqa: F401 (attention registers the `sdpa` option)
+from .errors import UserError
+from .model import GPT, init_weights
+from .optimizer import gpt_optimizer_configs
+
+# We replace labml_nn's `tiny_shakespeare` option with one that checks its input; labml warns
+# about the replacement each time a `Configs` is made.
+warnings.filterwarnings('ignore', message='Overriding option for text: tiny_shakespeare')
+
+
+class TrainingInterrupted(Exception):
+    """Raised after the step in progress when the user pressed Ctrl-C."""
+
+
+class Configs(NLPAutoRegressionConfigs):
+    """
+    ## GPT experiment configurations
+    """
+    # GPT model
+    model: GPT
+    # Transformer: embeddings, layers and generator
+    transformer: TransformerConfigs
+    # Weight decay of linear weights
+    weight_decay: float = 0.1
+    # Number of *tokens* of linear learning-rate warm-up
+    warmup_steps: int = 128 * 128 * 20
+    # Maximum learning rate
+    learning_rate: float = 6e-4
+    # GPT's optimizer
+    optimizer = 'transformer_optimizer'
+
+    # Seed of the random generators, for the initial weights and the batch order
+    seed: int = 0
+    # Precision of the forward pass, through autocast: `float32`, `bfloat16` or `float16`
+    dtype: torch.dtype = 'float32'
+    # Gradient scaler; it only scales with `float16`, whose gradients would underflow
+    grad_scaler: torch.amp.GradScaler
+    # Whether training steps run the model through `torch.compile`
+    compile: bool = False
+    # The model as training steps call it: `model` itself, or its compiled wrapper. Checkpoints
+    # and sampling always use `model`, so state-dict names never carry the wrapper's prefix.
+    train_model: torch.nn.Module
+
+    # The labml GPT recipe
+    tokenizer = 'character'
+    text = 'tiny_shakespeare'
+    prompt: str = 'It is '
+    prompt_separator: str = ''
+    seq_len: int = 128
+    batch_size: int = 128
+    epochs: int = 32
+    inner_iterations: int = 10
+    # Number of tokens sampled at every train/valid switch
+    sample_tokens: int = 25
+
+    # A text file or a folder of `.txt` files, with `text=file`
+    text_file: str = ''
+    # Optional separate validation file; otherwise the last 10% of `text` validates
+    valid_text_file: str = ''
+
+    train_loader = 'shuffled_windows'
+    valid_loader = 'shuffled_windows'
+
+    # Training steps between two reports of loss and accuracy to labml's tracker. Metrics are
+    # summed on the device in between, so that no step waits for the device to report.
+    log_interval: int = 10
+
+    # Set by the Ctrl-C handler while training
+    _interrupted = False
+    # Loss sum, correct predictions, predictions and steps since the last report
+    _sums = None
+
+    def init(self):
+        """
+        labml_nn's set-up without its `Accuracy` state module (we count accuracy on the device)
+        and with forward hooks only when activations are logged, since each hook is a Python
+        call per module per step.
+        """
+        tracker.set_scalar('accuracy.*', True)
+        tracker.set_scalar('loss.*', True)
+        tracker.set_text('sampled', False)
+        if self.is_log_model_activations:
+            hook_model_outputs(self.mode, self.model, 'model')
+        self.state_modules = []
+
+    def step(self, batch, batch_idx: BatchIndex):
+        """
+        ### One training or validation step
+
+        The same computation as labml_nn's `NLPAutoRegressionConfigs.step`, but the loss and
+        accuracy stay on the device until a report is due, and the model's gradients are
+        released (`set_to_none`) rather than zero-filled.
+        """
+        self.model.train(self.mode.is_train)
+        data, target = batch[0].to(self.device), batch[1].to(self.device)
+        if self.mode.is_train:
+            # labml's global step counts tokens.
+            tracker.add_global_step(data.numel())
+
+        with self.mode.update(is_log_activations=batch_idx.is_last and self.is_log_model_activations), \
+                torch.autocast(self.device.type, dtype=self.dtype, enabled=self.dtype != torch.float32):
+            output, *_ = self.train_model(data)
+            loss = self.loss_func(output, target)
+        self._accumulate(loss, output, target)
+
+        if self.mode.is_train:
+            self.grad_scaler.scale(loss).backward()
+            # Clip the true gradients, not the scaled ones.
+            self.grad_scaler.unscale_(self.optimizer)
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), max_norm=self.grad_norm_clip)
+            self.grad_scaler.step(self.optimizer)
+            self.grad_scaler.update()
+            if batch_idx.is_last and self.is_log_model_params_grads:
+                tracker.add('model', self.model)
+            self.optimizer.zero_grad(set_to_none=True)
+
+        # Report every `log_interval` steps and at the end of each train or valid stretch.
+        ends_stretch = batch_idx.idx + 1 >= (batch_idx.iteration + 1) * batch_idx.total // batch_idx.total_iterations
+        if ends_stretch or (self.mode.is_train and self._sums[3] >= self.log_interval):
+            self._report()
+        # Ctrl-C stops training here, between two whole optimizer steps.
+        if self.mode.is_train and self._interrupted:
+            raise TrainingInterrupted()
+
+    @torch.no_grad()
+    def _accumulate(self, loss: torch.Tensor, output: torch.Tensor, target: torch.Tensor):
+        if self._sums is None:
+            self._sums = [0., 0, 0, 0]
+        correct = (output.argmax(dim=-1) == target).sum()
+        self._sums = [self._sums[0] + loss.detach().float(), self._sums[1] + correct,
+                      self._sums[2] + target.numel(), self._sums[3] + 1]
+
+    def _report(self):
+        """Hand the mean loss and the accuracy since the last report to labml (one device sync)."""
+        loss_sum, correct, count, steps = self._sums
+        tracker.add({'loss.': (loss_sum / steps).item(), 'accuracy.': (correct / count).item()})
+        tracker.save()
+        self._sums = None
+
+    def sample(self):
+        """Greedy continuation of the prompt, printed and tracked as `sampled`."""
+        out = sampling.greedy_continuation(self.model, self.text, self.prompt, n_tokens=self.sample_tokens,
+                                           seq_len=self.seq_len, separator=self.prompt_separator,
+                                           device=self.device)
+        tracker.add({'sampled': self.prompt + ''.join(out)})
+        logger.log([(self.prompt, Text.subtle)] + [(t, Text.value) for t in out])
+
+    def run(self):
+        """
+        labml's training loop, with Ctrl-C taken at step granularity: the first press finishes
+        the step in progress, saves a checkpoint and stops; a second press stops at once.
+        """
+        n_params = sum(p.numel() for p in self.model.parameters())
+        logger.log([('Model parameters: ', Text.key), (f'{n_params:,}', Text.value)])
+        with monit.section('Initialize'):
+            self.init()
+        _ = self.validator
+        _ = self.trainer
+        # `iter` installs labml's own SIGINT handler; ours replaces it for the loop.
+        loop = iter(self.training_loop)
+        default_handler = signal.signal(signal.SIGINT, self._on_sigint)
+        try:
+            for _ in _epochs(loop):
+                self.run_step()
+        except TrainingInterrupted:
+            monit.finish_loop()
+            tracker.save()
+            tracker.new_line()
+            save_checkpoint_once()
+            logger.log(f'Interrupted at step {tracker.get_global_step():,}; checkpoint saved.', Text.danger)
+            raise KeyboardInterrupt() from None
+        finally:
+            signal.signal(signal.SIGINT, default_handler)
+
+    def _on_sigint(self, sig, frame):
+        if self._interrupted:
+            raise KeyboardInterrupt()
+        self._interrupted = True
+        logger.log('\nCtrl-C: stopping after this step (press again to stop now).', Text.danger)
+
+
+def _epochs(loop):
+    """Step labml's `TrainingLoop` without calling `iter` on it again."""
+    while True:
+        try:
+            yield next(loop)
+        except StopIteration:
+            return
+
+
+def save_checkpoint_once():
+    """Save a checkpoint at the current global step unless one is already there."""
+    run_path = experiment._experiment_singleton().run.checkpoint_path
+    if not (run_path / str(tracker.get_global_step())).exists():
+        experiment.save_checkpoint()
+
+
+def check_configs(c: Configs):
+    """
+    Refuse impossible configurations before anything is built or written. Sizes must be
+    positive, heads must divide the width, and the prompt must be in the vocabulary (which
+    loads the data, and with it checks the corpus).
+    """
+    sizes = {'seq_len': c.seq_len, 'batch_size': c.batch_size, 'epochs': c.epochs,
+             'inner_iterations': c.inner_iterations, 'transformer.d_model': c.transformer.d_model,
+             'transformer.n_heads': c.transformer.n_heads, 'transformer.n_layers': c.transformer.n_layers,
+             'transformer.ffn.d_ff': c.transformer.ffn.d_ff}
+    for key, value in sizes.items():
+        if value <= 0:
+            raise UserError(f'{key} must be positive, got {value}')
+    if c.transformer.d_model % c.transformer.n_heads:
+        raise UserError(f'transformer.d_model={c.transformer.d_model} is not divisible by '
+                        f'transformer.n_heads={c.transformer.n_heads}')
+    if not 0 <= c.transformer.dropout < 1:
+        raise UserError(f'transformer.dropout must be in [0, 1), got {c.transformer.dropout}')
+    sampling.check_prompt(c.prompt, c.text)
+
+
+@option(Configs.dtype, 'float32')
+def _float32():
+    return torch.float32
+
+
+@option(Configs.dtype, 'bfloat16')
+def _bfloat16():
+    return torch.bfloat16
+
+
+@option(Configs.dtype, 'float16')
+def _float16():
+    return torch.float16
+
+
+@option(Configs.grad_scaler)
+def _grad_scaler(c: Configs):
+    return torch.amp.GradScaler(c.device.type, enabled=c.dtype == torch.float16)
+
+
+@option(Configs.train_model)
+def _train_model(c: Configs):
+    return torch.compile(c.model) if c.compile else c.model
+
+
+@option(Configs.transformer, 'GPT')
+def _transformer_configs(c: Configs) -> TransformerConfigs:
+    """
+    ### Transformer configurations
+
+    labml_nn's configurable transformer, with the vocabulary sizes of our text and the GELU
+    activation that GPT uses in its feed-forward layers.
+    """
+    conf = TransformerConfigs()
+    # The top-level `d_model` (labml_nn's) sets the width; `transformer.d_model` overrides it.
+    conf.d_model = c.d_model
+    conf.n_src_vocab = c.n_tokens
+    conf.n_tgt_vocab = c.n_tokens
+    conf.ffn.activation = 'GELU'
+    return conf
+
+
+@option(Configs.model)
+def _model(c: Configs) -> GPT:
+    """
+    ### GPT model, initialised N(0, 0.02)
+    """
+    torch.manual_seed(c.seed)
+    m = GPT(c.transformer.encoder, c.transformer.src_embed, c.transformer.generator)
+    m.apply(init_weights)
+    return m.to(c.device)
+
+
+@option(Configs.optimizer)
+def transformer_optimizer(c: Configs) -> OptimizerConfigs:
+    """
+    ### minGPT optimizer
+
+    Warm-up and total length are given in tokens and converted to optimizer steps.
+    """
+    return gpt_optimizer_configs(c.model, weight_decay=c.weight_decay, learning_rate=c.learning_rate,
+                                 d_model=c.transformer.d_model, warmup_tokens=c.warmup_steps,
+                                 tokens_per_step=c.batch_size * c.seq_len,
+                                 total_steps=c.epochs * len(c.train_loader))
+
+
+@option(Configs.text, 'tiny_shakespeare')
+def tiny_shakespeare(c: Configs):
+    """
+    ### Tiny Shakespeare
+
+    At labml's data path (`data/` beside `.labml.yaml`), downloaded when absent.
+    """
+    path = data.fetch_tiny_shakespeare(lab.get_data_path() / 'tiny_shakespeare.txt')
+    return data.load_corpus(path, c.tokenizer, seq_len=c.seq_len)
+
+
+@option(Configs.text, 'file')
+def text_file(c: Configs):
+    """
+    ### A text file or a folder of `.txt` files
+
+    Given with `text=<path>`, which sets `text=file` and `text_file=<path>`.
+    """
+    if not c.text_file:
+        raise UserError('text=file needs a path: text=<file or folder>')
+    valid = c.valid_text_file or None
+    return data.load_corpus(c.text_file, c.tokenizer, seq_len=c.seq_len, valid_path=valid)
+
+
+@option(Configs.train_loader, 'shuffled_windows')
+def _train_loader(c: Configs):
+    tokens = c.text.text_to_i(c.text.train).to(c.device)
+    return data.ShuffledWindows(tokens, batch_size=c.batch_size, seq_len=c.seq_len)
+
+
+@option(Configs.valid_loader, 'shuffled_windows')
+def _valid_loader(c: Configs):
+    tokens = c.text.text_to_i(c.text.valid).to(c.device)
+    return data.ShuffledWindows(tokens, batch_size=c.batch_size, seq_len=c.seq_len)

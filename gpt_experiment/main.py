@@ -1,0 +1,60 @@
+"""
+# Command line
+
+```
+python -m gpt_experiment.main [PRESET.yaml ...] [key=value ...] [--name NAME] [--help]
+```
+
+Presets under `configs/` and `key=value` arguments become one dictionary of overrides for
+[`train.main`](train.html), later ones winning. `--help` lists every config key.
+Bad input is one line on stderr and exit status 2; Ctrl-C saves a checkpoint and exits 130.
+"""
+
+import argparse
+import sys
+from typing import List
+
+from . import cli
+from .configs import Configs
+from .errors import UserError
+from .train import main
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):
+        raise UserError(message)
+
+
+def parse_args(argv: List[str]) -> argparse.Namespace:
+    parser = _Parser(prog='python -m gpt_experiment.main', add_help=False,
+                     description='Train a GPT as a labml experiment.')
+    parser.add_argument('items', nargs='*', metavar='PRESET.yaml | key=value',
+                        help='YAML override files and key=value overrides; later ones win')
+    parser.add_argument('--name', default='gpt', help='experiment name (the folder under logs/)')
+    parser.add_argument('--comment', default='', help='a note stored with the run')
+    parser.add_argument('-h', '--help', action='store_true', help='list every config key and exit')
+    args = parser.parse_args(argv)
+    if args.help:
+        print(parser.format_help())
+        print('config keys (type, default, registered options):')
+        print(cli.describe(Configs))
+        sys.exit(0)
+    return args
+
+
+def run(argv: List[str]) -> int:
+    """The command line: one line and a non-zero status on bad input, 130 on Ctrl-C."""
+    try:
+        args = parse_args(argv)
+        main(cli.overrides_from_args(args.items), name=args.name, comment=args.comment)
+    except UserError as e:
+        print(f'error: {e}', file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print('interrupted', file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(run(sys.argv[1:]))

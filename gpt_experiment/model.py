@@ -1,0 +1,54 @@
+"""
+# GPT
+
+A GPT is a stack of transformer layers that each position can only see the past through:
+a *causal* mask on self-attention. It is three parts, all built by labml_nn's
+`TransformerConfigs` and passed in here:
+
+* `src_embed`: token embeddings plus positional encodings,
+* `encoder`: the transformer layers under the causal mask,
+* `generator`: a linear layer from the last hidden state to logits over the vocabulary.
+
+Tensors are *sequence first*, `[seq_len, batch_size]`, as everywhere in labml_nn.
+"""
+
+import torch
+from torch import nn
+
+from labml_nn.transformers import Encoder
+from labml_nn.transformers.utils import subsequent_mask
+
+
+class GPT(nn.Module):
+    def __init__(self, encoder: Encoder, src_embed: nn.Module, generator: nn.Module):
+        super().__init__()
+        self.src_embed = src_embed
+        self.encoder = encoder
+        self.generator = generator
+        # The causal mask `[seq_len, seq_len, 1]` is built on first use and cached;
+        # it is not a parameter nor a buffer, so it stays out of checkpoints.
+        self.mask = None
+
+    def forward(self, x: torch.Tensor):
+        # `mask[i, j]` is true when position `i` may attend to position `j <= i`.
+        if self.mask is None or self.mask.size(0) != len(x) or self.mask.device != x.device:
+            self.mask = subsequent_mask(len(x)).to(x.device)
+        x = self.src_embed(x)
+        x = self.encoder(x, self.mask)
+        # The second value is the recurrent state labml's trainer expects; a GPT has none.
+        return self.generator(x), None
+
+
+def init_weights(module: nn.Module):
+    r"""
+    GPT-2/minGPT initialisation: every `nn.Linear` and `nn.Embedding` weight from
+    $\mathcal{N}(0, 0.02)$ and linear biases at zero, instead of PyTorch's default
+    Kaiming-uniform. Use it with `model.apply(init_weights)`.
+
+    LayerNorm keeps its default (gain 1, bias 0), and so do positional encodings that are
+    plain parameters rather than `nn.Embedding`s.
+    """
+    if isinstance(module, (nn.Linear, nn.Embedding)):
+        nn.init.normal_(module.weight, mean=0.0, std=0.02)
+    if isinstance(module, nn.Linear) and module.bias is not None:
+        nn.init.zeros_(module.bias)

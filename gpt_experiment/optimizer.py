@@ -1,0 +1,148 @@
+"""
+# Optimizer
+
+GPT trains with Adam, a linear warm-up and a cosine decay of the learning rate
+(labml_nn's `AdamWarmupCosineDecay`), and *decoupled* weight decay applied the minGPT way:
+only the weight matrices of `nn.Linear` layers decay. Biases, LayerNorm gains, embeddings
+and positional encodings do not, since pulling them towards zero only hurts.
+
+The warm-up is given in *tokens* in the labml recipe (`warmup_steps = 128 * 128 * 20`), and
+turned into optimizer steps by dividing by the number of tokens in a batch,
+`batch_size * seq_len`. The cosine runs over all the steps of training, `epochs` times the
+batches of an epoch (about `epochs * training tokens / (batch_size * seq_len)`; counting the
+last, partial batch of each epoch keeps the schedule from turning back up at the end).
+"""
+
+import math
+from typing import Dict, List
+
+import torch
+from torch import nn
+
+from labml.configs import option
+from labml_nn.optimizers.adam_warmup_cosine_decay import AdamWarmupCosineDecay
+from labml_nn.optimizers.configs import OptimizerConfigs
+
+
+def decay_parameter_names(model: nn.Module) -> List[str]:
+    """Names of the parameters that get weight decay: the weights of `nn.Linear` layers."""
+    return sorted(f'{mn}.{pn}' if mn else pn
+                  for mn, m in model.named_modules() if isinstance(m, nn.Linear)
+                  for pn, _ in m.named_parameters(recurse=False) if pn == 'weight')
+
+
+def parameter_groups(model: nn.Module, weight_decay: float) -> List[Dict]:
+    """Two parameter groups: linear weights with `weight_decay`, everything else with none."""
+    params = dict(model.named_parameters())
+    decay = set(decay_parameter_names(model)) & set(params)
+    return [
+        {'params': [params[n] for n in sorted(decay)], 'weight_decay': weight_decay},
+        {'params': [params[n] for n in sorted(set(params) - decay)], 'weight_decay': 0.0},
+    ]
+
+
+def gpt_optimizer_configs(model: nn.Module, *, weight_decay: float, learning_rate: float, d_model: int,
+                          warmup_tokens: int, tokens_per_step: int, total_steps: int) -> OptimizerConfigs:
+    """
+    labml_nn's `OptimizerConfigs` set up for GPT. It stays a configs object, so every field
+    can still be overridden from the command line (`optimizer.learning_rate=1e-3`).
+    """
+    conf = OptimizerConfigs()
+    conf.parameters = parameter_groups(model, weight_decay)
+    conf.optimizer = 'AdamWarmupCosineDecay'
+    conf.learning_rate = learning_rate
+    conf.betas = (0.9, 0.95)
+    conf.eps = 1e-8
+    # Only the `Noam` option reads this, but keep it right for whoever switches to it.
+    conf.d_model = d_model
+    # The group values above win; this is the default for groups that do not set one.
+    conf.weight_decay = weight_decay
+    # $\theta \leftarrow \theta - \alpha \lambda \theta$, not $g \leftarrow g + \lambda \theta$.
+    conf.weight_decouple = True
+    conf.warmup = warmup_tokens // tokens_per_step
+    conf.total_steps = total_steps
+    return conf
+
+
+class ForeachAdamWarmupCosineDecay(AdamWarmupCosineDecay):
+    r"""
+    ## The same optimizer on multi-tensor kernels
+
+    labml_nn's `AdamWarmupCosineDecay` updates parameters one at a time in Python: about ten
+    small tensor operations per parameter per step. This class keeps its update rule, its
+    learning-rate schedule (`get_lr`) and its state (`step`, `exp_avg`, `exp_avg_sq` per
+    parameter, so checkpoints of either load into the other), and applies each operation to
+    all the parameters of a group at once with PyTorch's `_foreach_` kernels:
+
+    \begin{align}
+    \theta &\leftarrow \theta (1 - \alpha_{\max} \lambda) && \text{decoupled decay, as labml_nn: with the group's maximum lr} \\
+    m &\leftarrow \beta_1 m + (1 - \beta_1) g \\
+    v &\leftarrow \beta_2 v + (1 - \beta_2) g^2 \\
+    \theta &\leftarrow \theta - \alpha_t \frac{\sqrt{1 - \beta_2^t}}{1 - \beta_1^t} \frac{m}{\sqrt{v} + \hat{\epsilon}}
+    \end{align}
+
+    Select it with `optimizer.optimizer=ForeachAdamWarmupCosineDecay`. AMSGrad, and groups
+    whose parameters are at different steps, fall back to the one-at-a-time path.
+    """
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            params = [p for p in group['params'] if p.grad is not None]
+            states = [self.state[p] for p in params]
+            for p, s in zip(params, states):
+                if not s:
+                    self.init_state(s, group, p)
+            if not params:
+                continue
+            if group['amsgrad'] or len({s['step'] for s in states}) > 1:
+                for p, s in zip(params, states):
+                    self.step_param(s, group, p.grad, p)
+                continue
+            self._foreach_step(group, params, states)
+        return loss
+
+    def _foreach_step(self, group, params, states):
+        grads = [p.grad for p in params]
+        wd = self.weight_decay
+        if group['weight_decay'] != 0:
+            if wd.weight_decouple:
+                decay = group['weight_decay'] if wd.absolute else group['lr'] * group['weight_decay']
+                torch._foreach_mul_(params, 1.0 - decay)
+            else:
+                grads = torch._foreach_add(grads, params, alpha=group['weight_decay'])
+
+        beta1, beta2 = group['betas']
+        m = [s['exp_avg'] for s in states]
+        v = [s['exp_avg_sq'] for s in states]
+        torch._foreach_mul_(m, beta1)
+        torch._foreach_add_(m, grads, alpha=1 - beta1)
+        torch._foreach_mul_(v, beta2)
+        torch._foreach_addcmul_(v, grads, grads, value=1 - beta2)
+
+        for s in states:
+            s['step'] += 1
+        t = states[0]['step']
+        lr = self.get_lr(states[0], group)
+        bias_correction1 = 1 - beta1 ** t
+        bias_correction2 = 1 - beta2 ** t
+        denominator = torch._foreach_sqrt(v)
+        if self.optimized_update:
+            torch._foreach_add_(denominator, group['eps'])
+            step_size = lr * math.sqrt(bias_correction2) / bias_correction1
+        else:
+            torch._foreach_div_(denominator, math.sqrt(bias_correction2))
+            torch._foreach_add_(denominator, group['eps'])
+            step_size = lr / bias_correction1
+        torch._foreach_addcdiv_(params, m, denominator, value=-step_size)
+
+
+@option(OptimizerConfigs.optimizer, 'ForeachAdamWarmupCosineDecay')
+def _foreach_adam_warmup_cosine_decay(c: OptimizerConfigs):
+    return ForeachAdamWarmupCosineDecay(c.parameters, lr=c.learning_rate, betas=c.betas, eps=c.eps,
+                                        weight_decay=c.weight_decay_obj, optimized_update=c.optimized_adam_update,
+                                        amsgrad=c.amsgrad, warmup=c.warmup, total_steps=c.total_steps)

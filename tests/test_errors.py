@@ -1,0 +1,125 @@
+"""
+Bad input is a `UserError`: one line `error: ...` on stderr, exit status 2, no traceback and
+no run folder. Every case runs in-process (through `main()` and the command line's `run()`);
+a handful also run as `python -m gpt_experiment.main` subprocesses.
+"""
+
+from pathlib import Path
+from typing import List
+
+import pytest
+
+from gpt_experiment import UserError
+from gpt_experiment.cli import overrides_from_args
+from gpt_experiment.main import run
+from gpt_experiment.train import main
+
+from conftest import TINY, run_cli, write_project
+
+BASE_ARGS = [f'{k}={v}' for k, v in TINY.items()] + ['text=corpus.txt', 'epochs=1', 'inner_iterations=1']
+
+# The non-UTF-8 file: 20 good bytes, then Latin-1 'é' (0xe9) before a space.
+LATIN1_PREFIX = b'It is a fine day at '
+
+
+def write_bad_inputs(path: Path):
+    (path / 'empty.txt').write_bytes(b'')
+    (path / 'latin1.txt').write_bytes(LATIN1_PREFIX + 'café au lait\n'.encode('latin-1') * 50)
+    (path / 'short.txt').write_text('It is short.', encoding='utf-8')
+    (path / 'garbage.yaml').write_text('epochs: [1, 2\n  seq_len: : :\n', encoding='utf-8')
+    (path / 'list.yaml').write_text('- epochs\n- seq_len\n', encoding='utf-8')
+    (path / 'emptydir').mkdir()
+
+
+# (id, arguments after BASE_ARGS, fragments the one-line message must contain)
+CASES = [
+    ('unknown-key', ['batchsize=4'], ["unknown config key 'batchsize'", "did you mean 'batch_size'"]),
+    ('unknown-nested-key', ['transformer.n_layer=2'], ["'transformer.n_layers'"]),
+    ('not-an-int', ['batch_size=abc'], ['batch_size expects int', "'abc'"]),
+    ('float-for-int', ['epochs=1.5'], ['epochs expects int', "'1.5'"]),
+    ('not-a-float', ['learning_rate=fast'], ['learning_rate expects float']),
+    ('heads-do-not-divide', ['transformer.d_model=30', 'transformer.n_heads=4'],
+     ['transformer.d_model=30 is not divisible by transformer.n_heads=4']),
+    ('zero-seq-len', ['seq_len=0'], ['seq_len must be positive, got 0']),
+    ('negative-layers', ['transformer.n_layers=-1'], ['transformer.n_layers must be positive, got -1']),
+    ('zero-batch', ['batch_size=0'], ['batch_size must be positive']),
+    ('zero-epochs', ['epochs=0'], ['epochs must be positive']),
+    ('dropout-1', ['transformer.dropout=1'], ['transformer.dropout must be in [0, 1)']),
+    ('missing-file', ['text=missing.txt'], ['corpus not found', 'missing.txt']),
+    ('empty-file', ['text=empty.txt'], ['corpus is empty', 'empty.txt']),
+    ('empty-folder', ['text=emptydir'], ['no .txt files', 'emptydir']),
+    ('missing-valid-file', ['valid_text=nowhere.txt'], ['corpus not found', 'nowhere.txt']),
+    ('non-utf8', ['text=latin1.txt'], ['latin1.txt', 'not UTF-8', f'offset {len(LATIN1_PREFIX) + 3}', '0xe9']),
+    ('too-short', ['text=short.txt'], ['short.txt', 'seq_len=16 needs at least 17']),
+    ('too-short-for-seq-len', ['seq_len=100000'], ['seq_len=100000 needs at least 100001']),
+    ('garbage-yaml', ['garbage.yaml'], ['garbage.yaml is not valid YAML']),
+    ('yaml-list', ['list.yaml'], ['list.yaml must be a mapping of config keys to values, not a list']),
+    ('missing-yaml', ['nowhere.yaml'], ['config file not found: nowhere.yaml']),
+    ('not-key-value', ['epochs'], ['neither a YAML preset nor key=value']),
+    ('unregistered-option', ['tokenizer=nope'], ["tokenizer='nope' is not a registered option", 'character']),
+    ('unregistered-src-embed', ['transformer.src_embed=rotary'], ['is not a registered option', 'learned_pos']),
+    ('prompt-out-of-vocabulary', ['prompt=Zz'], ["prompt 'Zz'", "not in the vocabulary: 'Z'"]),
+    ('empty-prompt', ['prompt='], ['prompt is empty']),
+    ('unknown-flag', ['--bogus'], ['unrecognized arguments: --bogus']),
+]
+CASE_IDS = [c[0] for c in CASES]
+BY_ID = {c[0]: c for c in CASES}
+
+# A few cases, one of each kind, go through a real `python -m gpt_experiment.main`.
+SUBPROCESS_CASES = ['unknown-key', 'float-for-int', 'heads-do-not-divide', 'non-utf8', 'garbage-yaml', 'yaml-list',
+                    'unregistered-option', 'prompt-out-of-vocabulary']
+
+
+@pytest.fixture
+def bad_project(project):
+    write_bad_inputs(project)
+    return project
+
+
+def _assert_no_run(project: Path):
+    runs = list(project.glob('logs/*/*'))
+    assert runs == [], f'a run folder was written: {runs}'
+
+
+def _assert_one_error_line(stderr: str, fragments: List[str]):
+    lines = stderr.splitlines()
+    assert len(lines) == 1, f'expected one line on stderr, got:\n{stderr}'
+    assert lines[0].startswith('error: ')
+    for fragment in fragments:
+        assert fragment in lines[0]
+
+
+@pytest.mark.parametrize('case_id', CASE_IDS)
+def test_bad_input_on_the_command_line(bad_project, capsys, case_id):
+    _, args, fragments = BY_ID[case_id]
+    status = run(BASE_ARGS + args + ['--name', 'bad'])
+    captured = capsys.readouterr()
+    assert status == 2
+    _assert_one_error_line(captured.err, fragments)
+    assert 'Traceback' not in captured.out + captured.err
+    _assert_no_run(bad_project)
+
+
+@pytest.mark.parametrize('case_id', [c for c in CASE_IDS if c != 'unknown-flag'])
+def test_bad_input_to_main_is_a_user_error(bad_project, case_id):
+    """The same cases through the Python API: `main(overrides)` raises `UserError`."""
+    _, args, fragments = BY_ID[case_id]
+    with pytest.raises(UserError) as e:
+        main(overrides_from_args(BASE_ARGS + args), name='bad')
+    message = str(e.value)
+    assert '\n' not in message
+    for fragment in fragments:
+        assert fragment in message
+    _assert_no_run(bad_project)
+
+
+@pytest.mark.parametrize('case_id', SUBPROCESS_CASES)
+def test_bad_input_in_a_subprocess(tmp_path, case_id):
+    project = write_project(tmp_path / 'project')
+    write_bad_inputs(project)
+    _, args, fragments = BY_ID[case_id]
+    result = run_cli(BASE_ARGS + args + ['--name', 'bad'], cwd=project)
+    assert result.returncode == 2, result.stderr
+    _assert_one_error_line(result.stderr, fragments)
+    assert 'Traceback' not in result.stdout + result.stderr
+    _assert_no_run(project)

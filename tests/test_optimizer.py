@@ -1,0 +1,134 @@
+"""Weight-decay groups and the learning-rate schedule of the optimizer that `Configs` builds."""
+
+import pytest
+import torch
+from labml_nn.optimizers.adam_warmup_cosine_decay import AdamWarmupCosineDecay
+
+from gpt_experiment.optimizer import decay_parameter_names, parameter_groups
+
+from conftest import CORPUS
+
+# The nn.Linear weights of a one-layer GPT, and nothing else.
+ONE_LAYER_DECAY = {
+    'encoder.layers.0.self_attn.query.linear.weight',
+    'encoder.layers.0.self_attn.key.linear.weight',
+    'encoder.layers.0.self_attn.value.linear.weight',
+    'encoder.layers.0.self_attn.output.weight',
+    'encoder.layers.0.feed_forward.layer1.weight',
+    'encoder.layers.0.feed_forward.layer2.weight',
+    'generator.projection.weight',
+}
+
+
+def test_exactly_the_linear_weights_decay(tiny_configs):
+    model = tiny_configs().model
+    assert set(decay_parameter_names(model)) == ONE_LAYER_DECAY
+
+
+@pytest.mark.parametrize('src_embed', ['fixed_pos', 'learned_pos'])
+def test_every_parameter_in_exactly_one_group(tiny_configs, src_embed):
+    model = tiny_configs(**{'transformer.src_embed': src_embed}).model
+    decay, no_decay = parameter_groups(model, weight_decay=0.1)
+    assert decay['weight_decay'] == 0.1
+    assert no_decay['weight_decay'] == 0.0
+
+    names = {id(p): n for n, p in model.named_parameters()}
+    decay_names = [names[id(p)] for p in decay['params']]
+    no_decay_names = [names[id(p)] for p in no_decay['params']]
+    assert set(decay_names) == ONE_LAYER_DECAY
+    # no parameter twice, none left out
+    assert len(decay_names) + len(no_decay_names) == len(set(decay_names) | set(no_decay_names))
+    assert set(decay_names) | set(no_decay_names) == set(names.values())
+
+    expected_no_decay = {'src_embed.linear.weight', 'encoder.norm.weight', 'encoder.norm.bias',
+                         'generator.projection.bias', 'encoder.layers.0.feed_forward.layer1.bias',
+                         'encoder.layers.0.norm_self_attn.weight', 'encoder.layers.0.norm_ff.bias'}
+    if src_embed == 'learned_pos':
+        expected_no_decay.add('src_embed.positional_encodings')
+    assert expected_no_decay <= set(no_decay_names)
+    assert not any(n.endswith('.bias') for n in decay_names)
+
+
+def test_optimizer_groups_and_hyper_parameters(tiny_configs):
+    conf = tiny_configs()
+    opt = conf.optimizer
+    assert isinstance(opt, AdamWarmupCosineDecay)
+    decay, no_decay = opt.param_groups
+    names = {id(p): n for n, p in conf.model.named_parameters()}
+    assert {names[id(p)] for p in decay['params']} == ONE_LAYER_DECAY
+    assert len(decay['params']) + len(no_decay['params']) == len(names)
+    assert decay['weight_decay'] == pytest.approx(0.1)
+    assert no_decay['weight_decay'] == 0.0
+    for group in opt.param_groups:
+        assert group['betas'] == (0.9, 0.95)
+        assert group['eps'] == 1e-8
+        assert group['lr'] == pytest.approx(6e-4)
+    # decoupled: the decay is applied to the weights, not added to the gradient
+    assert opt.weight_decay.weight_decouple is True
+
+
+def test_weight_decay_and_learning_rate_overrides(tiny_configs):
+    opt = tiny_configs(weight_decay=0.05, learning_rate=3e-3).optimizer
+    decay, no_decay = opt.param_groups
+    assert decay['weight_decay'] == pytest.approx(0.05)
+    assert no_decay['weight_decay'] == 0.0
+    assert decay['lr'] == no_decay['lr'] == pytest.approx(3e-3)
+
+
+def test_nested_optimizer_overrides_win(tiny_configs):
+    opt = tiny_configs(**{'optimizer.learning_rate': '1e-3', 'optimizer.warmup': '5'}).optimizer
+    assert all(g['lr'] == pytest.approx(1e-3) and g['warmup'] == 5 for g in opt.param_groups)
+
+
+def test_only_decay_group_shrinks_on_a_zero_gradient_step(tiny_configs):
+    conf = tiny_configs()
+    model, opt = conf.model, conf.optimizer
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    for p in model.parameters():
+        p.grad = torch.zeros_like(p)
+    opt.step()
+    factor = 1 - 6e-4 * 0.1
+    for n, p in model.named_parameters():
+        if n in ONE_LAYER_DECAY:
+            torch.testing.assert_close(p.detach(), before[n] * factor, rtol=1e-6, atol=0)
+            assert not torch.equal(p.detach(), before[n])
+        else:
+            assert torch.equal(p.detach(), before[n]), f'{n} changed without a gradient'
+
+
+@pytest.mark.parametrize('extra', [
+    {'seq_len': 16, 'batch_size': 8, 'epochs': 4, 'warmup_steps': 1280},
+    {'seq_len': 32, 'batch_size': 2, 'epochs': 100},  # default warm-up: 128 * 128 * 20 tokens
+])
+def test_learning_rate_schedule(tiny_configs, extra):
+    conf = tiny_configs(**extra)
+    opt = conf.optimizer
+    tokens_per_step = conf.batch_size * conf.seq_len
+    n_train_tokens = len(conf.train_loader.tokens)
+    # the first 90% of the characters train
+    assert n_train_tokens == int(len(CORPUS) * 0.9)
+    warmup = extra.get('warmup_steps', 128 * 128 * 20) // tokens_per_step
+    # every step of training: epochs x batches per epoch (the last batch may be partial),
+    # which is the token formula rounded up per epoch
+    total = extra['epochs'] * len(conf.train_loader)
+    assert 0 <= total - extra['epochs'] * n_train_tokens // tokens_per_step <= extra['epochs']
+    max_lr = 6e-4
+    for group in opt.param_groups:
+        assert group['warmup'] == warmup
+        assert group['total_steps'] == total
+        lr = lambda step: opt.get_lr({'step': step}, group)  # noqa: E731
+        assert lr(0) == pytest.approx(1e-8, rel=1e-6)
+        assert lr(warmup // 2) == pytest.approx(1e-8 + (warmup // 2) * max_lr / warmup, rel=1e-9)
+        assert lr(warmup - 1) < max_lr
+        assert lr(warmup) == pytest.approx(max_lr)
+        assert total > warmup + 10
+        assert lr(warmup) > lr(warmup + 1)
+        middle = warmup + (total - warmup) / 2
+        assert lr(middle) == pytest.approx(max_lr / 2)
+        # labml's cosine decay stops at 10% of the maximum
+        assert lr(total) == pytest.approx(0.1 * max_lr)
+        # up during the warm-up, down after it
+        rates = [lr(s) for s in range(0, total + 1)]
+        assert all(a < b for a, b in zip(rates[:warmup], rates[1:warmup + 1]))
+        assert all(a >= b for a, b in zip(rates[warmup:], rates[warmup + 1:]))
+        assert max(rates) == pytest.approx(max_lr)

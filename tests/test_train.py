@@ -1,0 +1,115 @@
+"""
+End to end: a short run lowers the loss and leaves a checkpoint that loads into a fresh
+model; the command line trains from a preset and `--help` lists the keys.
+"""
+
+import math
+
+import torch
+import yaml
+
+from gpt_experiment import Configs
+# `gpt_experiment.main` is also the name of the command-line submodule, which replaces the
+# package attribute once imported; take the function from where it is defined.
+from gpt_experiment.train import main
+
+from conftest import CORPUS, TINY, checkpoint_steps, make_configs, read_scalars, run_cli, run_dirs, write_project
+
+# A tiny model, a short warm-up and a high learning rate: the repeated paragraph is learnt fast.
+E2E = {**TINY, 'text': 'corpus.txt', 'epochs': 3, 'inner_iterations': 1, 'learning_rate': 5e-3,
+       'warmup_steps': 256, 'sample_tokens': 5}
+
+
+def _tokens_per_epoch(seq_len: int) -> int:
+    """Every epoch trains one window in each seq_len-long stretch of the 90% training split."""
+    n_train = int(len(CORPUS) * 0.9)
+    return (n_train - 1) // seq_len * seq_len
+
+
+def test_short_run_lowers_the_loss_and_saves_a_loadable_checkpoint(project):
+    conf = main(dict(E2E), name='e2e')
+    assert isinstance(conf, Configs)
+
+    runs = run_dirs(project, 'e2e')
+    assert len(runs) == 1
+    run = runs[0]
+
+    # The loss, as labml recorded it, falls by a clear margin.
+    losses = [v for _, v in read_scalars(run, 'loss.train')]
+    assert len(losses) >= 4
+    assert all(math.isfinite(v) for v in losses)
+    # the first report is near chance level, -log(1 / vocabulary size)
+    assert losses[0] > 0.8 * math.log(conf.n_tokens)
+    assert losses[-1] < losses[0] - 0.6, losses
+    valid = [v for _, v in read_scalars(run, 'loss.valid')]
+    assert len(valid) == E2E['epochs']
+    assert valid[-1] < valid[0]
+    accuracy = [v for _, v in read_scalars(run, 'accuracy.train')]
+    assert len(accuracy) == len(losses) and accuracy[-1] > accuracy[0]
+
+    # A checkpoint of the final model, at the last step.
+    steps = checkpoint_steps(run)
+    assert steps, f'no checkpoint under {run / "checkpoints"}'
+    last = run / 'checkpoints' / str(steps[-1]) / 'model.pth'
+    state = torch.load(last, map_location='cpu', weights_only=True)
+
+    # A fresh model from fresh configs with the same overrides starts elsewhere...
+    fresh = make_configs(dict(E2E)).model
+    trained = conf.model
+    assert state.keys() == fresh.state_dict().keys()
+    assert not all(torch.equal(state[k], v) for k, v in fresh.state_dict().items())
+    # ...and after loading the checkpoint gives the trained model's logits exactly.
+    fresh.load_state_dict(state)
+    fresh.eval()
+    trained.eval()
+    torch.manual_seed(0)
+    x = torch.randint(0, conf.n_tokens, (conf.seq_len, 4))
+    with torch.no_grad():
+        expected, _ = trained(x)
+        got, _ = fresh(x)
+    assert torch.equal(got, expected)
+
+
+def test_command_line_trains_from_a_preset(tmp_path):
+    project = write_project(tmp_path / 'project')
+    preset = project / 'tiny.yaml'
+    preset.write_text(yaml.safe_dump({
+        'transformer': {'d_model': 32, 'n_heads': 2, 'n_layers': 2, 'dropout': 0.0, 'ffn': {'d_ff': 64}},
+        'seq_len': 16, 'batch_size': 8, 'epochs': 3, 'inner_iterations': 1}), encoding='utf-8')
+    # the argument after the preset wins
+    result = run_cli([str(preset), 'text=corpus.txt', 'epochs=1', 'transformer.n_layers=1', 'sample_tokens=3',
+                      '--name', 'cli'], cwd=project)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert 'Traceback' not in result.stdout + result.stderr
+
+    runs = run_dirs(project, 'cli')
+    assert len(runs) == 1
+    # labml's global step counts tokens: one epoch of 16-token windows
+    expected_step = _tokens_per_epoch(16)
+    assert checkpoint_steps(runs[0])[-1] == expected_step
+    assert (runs[0] / 'checkpoints' / str(expected_step) / 'model.pth').is_file()
+
+    configs = yaml.safe_load((runs[0] / 'configs.yaml').read_text(encoding='utf-8'))
+    assert configs['transformer.n_layers']['computed'] == 1
+    assert configs['transformer.d_model']['computed'] == 32
+    assert configs['epochs']['computed'] == 1
+    # one layer: the checkpoint has layer 0 and no layer 1
+    state = torch.load(runs[0] / 'checkpoints' / str(expected_step) / 'model.pth', map_location='cpu',
+                       weights_only=True)
+    assert any(k.startswith('encoder.layers.0.') for k in state)
+    assert not any(k.startswith('encoder.layers.1.') for k in state)
+
+
+def test_help_lists_config_keys(tmp_path):
+    project = write_project(tmp_path / 'project')
+    result = run_cli(['--help'], cwd=project)
+    assert result.returncode == 0, result.stderr
+    assert result.stderr == ''
+    lines = {line.split()[0]: line for line in result.stdout.splitlines() if line.startswith('  ') and line.split()}
+    assert 'transformer.n_layers' in lines
+    assert 'int' in lines['transformer.n_layers'] and 'default: 6' in lines['transformer.n_layers']
+    assert 'default: character' in lines['tokenizer']
+    assert 'options:' in lines['tokenizer'] and 'basic_english' in lines['tokenizer'] and 'character' in lines['tokenizer']
+    assert 'default: 0.0006' in lines['learning_rate']
+    assert 'transformer.ffn.d_ff' in lines and 'optimizer.learning_rate' in lines
+    assert not (project / 'logs').exists()
