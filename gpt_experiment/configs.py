@@ -24,6 +24,7 @@ import torch
 from labml import experiment, lab, logger, monit, tracker
 from labml.configs import option
 from labml.logger import Text
+from labml_helpers.device import DeviceConfigs
 from labml_helpers.train_valid import BatchIndex, hook_model_outputs
 from labml_nn.experiments.nlp_autoregression import NLPAutoRegressionConfigs
 from labml_nn.optimizers.configs import OptimizerConfigs
@@ -60,6 +61,10 @@ class Configs(NLPAutoRegressionConfigs):
     # GPT's optimizer
     optimizer = 'transformer_optimizer'
 
+    # Training device, `device.use_cuda` and `device.cuda_device`. labml_nn's default is one
+    # `DeviceConfigs` object shared by every instance, which a second run in the same process
+    # could not override again; this option makes a fresh one per `Configs`.
+    device = 'device_configs'
     # Seed of the random generators, for the initial weights and the batch order
     seed: int = 0
     # Precision of the forward pass, through autocast: `float32`, `bfloat16` or `float16`
@@ -245,6 +250,11 @@ def check_configs(c: Configs):
     if not 0 <= c.transformer.dropout < 1:
         raise UserError(f'transformer.dropout must be in [0, 1), got {c.transformer.dropout}')
     sampling.check_prompt(c.prompt, c.text)
+
+
+@option(Configs.device, 'device_configs')
+def _device_configs() -> DeviceConfigs:
+    return DeviceConfigs()
 
 
 @option(Configs.dtype, 'float32')
