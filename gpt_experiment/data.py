@@ -114,13 +114,12 @@ class ShuffledWindows:
         self.rank = rank
         self.world_size = world_size
         self.n_windows = (len(tokens) - 1) // seq_len
-        if world_size > 1:
-            self.n_windows -= self.n_windows % batch_size % world_size
         # `[0, 1, ..., seq_len]`, added to each start to gather a window and its next token.
         self.span = torch.arange(seq_len + 1, device=tokens.device)
 
     def __len__(self):
-        return (self.n_windows + self.batch_size - 1) // self.batch_size
+        last = self.n_windows % self.batch_size
+        return self.n_windows // self.batch_size + (last - last % self.world_size > 0)
 
     def __iter__(self):
         starts = torch.arange(self.n_windows) * self.seq_len
@@ -130,6 +129,9 @@ class ShuffledWindows:
         starts = starts[torch.randperm(self.n_windows, generator=self.generator)].to(self.tokens.device)
         for batch_starts in starts.split(self.batch_size):
             if self.world_size > 1:
+                batch_starts = batch_starts[:len(batch_starts) - len(batch_starts) % self.world_size]
+                if not len(batch_starts):
+                    break
                 batch_starts = batch_starts.chunk(self.world_size)[self.rank]
             # `[batch_size, seq_len + 1]` -> sequence first `[seq_len + 1, batch_size]`
             windows = self.tokens[batch_starts[:, None] + self.span].t().contiguous()
