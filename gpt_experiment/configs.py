@@ -16,6 +16,7 @@ Every value can be overridden with labml's `experiment.configs(conf, overrides)`
 defaults are the labml GPT recipe on Tiny Shakespeare.
 """
 
+import math
 import signal
 import warnings
 
@@ -30,7 +31,7 @@ from labml_nn.experiments.nlp_autoregression import NLPAutoRegressionConfigs
 from labml_nn.optimizers.configs import OptimizerConfigs
 from labml_nn.transformers import TransformerConfigs
 
-from . import attention, data, sampling  # noqa: F401 (attention registers the `sdpa` option)
+from . import attention, data, distributed, sampling  # noqa: F401 (attention registers the `sdpa` option)
 from .errors import UserError
 from .model import GPT, init_weights
 from .optimizer import gpt_optimizer_configs
@@ -42,6 +43,10 @@ warnings.filterwarnings('ignore', message='Overriding option for text: tiny_shak
 
 class TrainingInterrupted(Exception):
     """Raised after the step in progress when the user pressed Ctrl-C."""
+
+
+class LossNotFinite(Exception):
+    """Raised at the report that finds a NaN or infinite loss; nothing is saved after it."""
 
 
 class Configs(NLPAutoRegressionConfigs):
@@ -101,10 +106,17 @@ class Configs(NLPAutoRegressionConfigs):
     # summed on the device in between, so that no step waits for the device to report.
     log_interval: int = 10
 
+    # Epochs to run: `epochs`, less those a resumed checkpoint has done
+    loop_count = 'remaining_epochs'
+
     # Set by the Ctrl-C handler while training
     _interrupted = False
     # Loss sum, correct predictions, predictions and steps since the last report
     _sums = None
+    # `(global step, loss on the device)` of the steps since the last report, to name a bad one
+    _recent = None
+    # Whole epochs trained (saved in checkpoints, for resume)
+    _epochs_done = 0
 
     def init(self):
         """
@@ -130,8 +142,8 @@ class Configs(NLPAutoRegressionConfigs):
         self.model.train(self.mode.is_train)
         data, target = batch[0].to(self.device), batch[1].to(self.device)
         if self.mode.is_train:
-            # labml's global step counts tokens.
-            tracker.add_global_step(data.numel())
+            # labml's global step counts tokens, of all the processes.
+            tracker.add_global_step(data.numel() * distributed.world().size)
 
         with self.mode.update(is_log_activations=batch_idx.is_last and self.is_log_model_activations), \
                 torch.autocast(self.device.type, dtype=self.dtype, enabled=self.dtype != torch.float32):
@@ -162,19 +174,39 @@ class Configs(NLPAutoRegressionConfigs):
     def _accumulate(self, loss: torch.Tensor, output: torch.Tensor, target: torch.Tensor):
         if self._sums is None:
             self._sums = [0., 0, 0, 0]
+            self._recent = []
+        self._recent.append((tracker.get_global_step(), loss.detach()))
         correct = (output.argmax(dim=-1) == target).sum()
         self._sums = [self._sums[0] + loss.detach().float(), self._sums[1] + correct,
                       self._sums[2] + target.numel(), self._sums[3] + 1]
 
     def _report(self):
-        """Hand the mean loss and the accuracy since the last report to labml (one device sync)."""
+        """
+        Hand the mean loss and the accuracy since the last report to labml (one device sync;
+        with several processes, summed over them first).
+
+        The loss is checked here rather than at every step, which would wait for the device at
+        every step: a NaN or infinity in any step makes the sum non-finite, and every
+        checkpoint is written after a report (labml saves between epochs, which end with one;
+        Ctrl-C reports before saving). So a bad step stops the run at most `log_interval` steps
+        later, with weights that the steps since may have spoiled, but before they are saved.
+        """
         loss_sum, correct, count, steps = self._sums
-        tracker.add({'loss.': (loss_sum / steps).item(), 'accuracy.': (correct / count).item()})
+        sums = torch.stack([torch.as_tensor(v, dtype=torch.float64, device=self.device)
+                            for v in (loss_sum, correct, count, steps)])
+        loss, correct, count, steps = distributed.all_reduce_sum(sums).tolist()
+        recent, self._sums, self._recent = self._recent, None, None
+        if not math.isfinite(loss):
+            bad = next((s for s, v in recent if not torch.isfinite(v)), recent[-1][0])
+            raise LossNotFinite(f'{"training" if self.mode.is_train else "validation"} loss is not finite '
+                                f'at step {bad:,} (tokens)')
+        tracker.add({'loss.': loss / steps, 'accuracy.': correct / count})
         tracker.save()
-        self._sums = None
 
     def sample(self):
-        """Greedy continuation of the prompt, printed and tracked as `sampled`."""
+        """Greedy continuation of the prompt, printed and tracked as `sampled` (by rank 0)."""
+        if not distributed.world().is_main:
+            return
         out = sampling.greedy_continuation(self.model, self.text, self.prompt, n_tokens=self.sample_tokens,
                                            seq_len=self.seq_len, separator=self.prompt_separator,
                                            device=self.device)
@@ -198,8 +230,12 @@ class Configs(NLPAutoRegressionConfigs):
         try:
             for _ in _epochs(loop):
                 self.run_step()
+                self._epochs_done += 1
         except TrainingInterrupted:
             monit.finish_loop()
+            # Check the steps since the last report before saving them.
+            if self._sums is not None:
+                self._report()
             tracker.save()
             tracker.new_line()
             save_checkpoint_once()
@@ -279,7 +315,16 @@ def _grad_scaler(c: Configs):
 
 @option(Configs.train_model)
 def _train_model(c: Configs):
-    return torch.compile(c.model) if c.compile else c.model
+    model = distributed.wrap(c.model)
+    return torch.compile(model) if c.compile else model
+
+
+@option(Configs.loop_count)
+def remaining_epochs(c: Configs):
+    if c._epochs_done >= c.epochs:
+        raise UserError(f'the checkpoint has done {c._epochs_done} of epochs={c.epochs}; '
+                        f'give a larger epochs=N to train longer')
+    return c.epochs - c._epochs_done
 
 
 @option(Configs.transformer, 'GPT')
@@ -350,10 +395,14 @@ def text_file(c: Configs):
 @option(Configs.train_loader, 'shuffled_windows')
 def _train_loader(c: Configs):
     tokens = c.text.text_to_i(c.text.train).to(c.device)
-    return data.ShuffledWindows(tokens, batch_size=c.batch_size, seq_len=c.seq_len)
+    w = distributed.world()
+    return data.ShuffledWindows(tokens, batch_size=c.batch_size, seq_len=c.seq_len,
+                                generator=torch.Generator().manual_seed(c.seed), rank=w.rank, world_size=w.size)
 
 
 @option(Configs.valid_loader, 'shuffled_windows')
 def _valid_loader(c: Configs):
     tokens = c.text.text_to_i(c.text.valid).to(c.device)
-    return data.ShuffledWindows(tokens, batch_size=c.batch_size, seq_len=c.seq_len)
+    w = distributed.world()
+    return data.ShuffledWindows(tokens, batch_size=c.batch_size, seq_len=c.seq_len,
+                                generator=torch.Generator().manual_seed(c.seed + 1), rank=w.rank, world_size=w.size)

@@ -98,26 +98,41 @@ class ShuffledWindows:
     Window $i$ starts at $i \cdot \text{seq\_len} + r_i$ with a random offset
     $0 \le r_i < \text{seq\_len}$ (kept inside the text), so that every epoch sees different
     cuts of the same text; targets are the inputs shifted by one token.
+
+    The offsets and the order come from `generator` (seeded by `seed`, so that the data order
+    repeats, and saved in checkpoints, so that a resumed run continues it). With several
+    processes every rank draws the same windows and keeps slice `rank` of `world_size` equal
+    slices of each batch; windows that do not split evenly at the end of an epoch are dropped.
     """
 
-    def __init__(self, tokens: torch.Tensor, *, batch_size: int, seq_len: int):
+    def __init__(self, tokens: torch.Tensor, *, batch_size: int, seq_len: int,
+                 generator: Optional[torch.Generator] = None, rank: int = 0, world_size: int = 1):
         self.tokens = tokens
         self.batch_size = batch_size
         self.seq_len = seq_len
+        self.generator = generator
+        self.rank = rank
+        self.world_size = world_size
         self.n_windows = (len(tokens) - 1) // seq_len
         # `[0, 1, ..., seq_len]`, added to each start to gather a window and its next token.
         self.span = torch.arange(seq_len + 1, device=tokens.device)
 
     def __len__(self):
-        return (self.n_windows + self.batch_size - 1) // self.batch_size
+        last = self.n_windows % self.batch_size
+        return self.n_windows // self.batch_size + (last - last % self.world_size > 0)
 
     def __iter__(self):
         starts = torch.arange(self.n_windows) * self.seq_len
         # The largest offset that keeps `start + seq_len` a valid target index.
         room = (len(self.tokens) - 1 - self.seq_len - starts).clamp(max=self.seq_len - 1)
-        starts += (torch.rand(self.n_windows) * (room + 1)).long()
-        starts = starts[torch.randperm(self.n_windows)].to(self.tokens.device)
+        starts += (torch.rand(self.n_windows, generator=self.generator) * (room + 1)).long()
+        starts = starts[torch.randperm(self.n_windows, generator=self.generator)].to(self.tokens.device)
         for batch_starts in starts.split(self.batch_size):
+            if self.world_size > 1:
+                batch_starts = batch_starts[:len(batch_starts) - len(batch_starts) % self.world_size]
+                if not len(batch_starts):
+                    break
+                batch_starts = batch_starts.chunk(self.world_size)[self.rank]
             # `[batch_size, seq_len + 1]` -> sequence first `[seq_len + 1, batch_size]`
             windows = self.tokens[batch_starts[:, None] + self.span].t().contiguous()
             yield windows[:-1], windows[1:]

@@ -9,3 +9,8 @@ message as one line with a non-zero exit status, instead of a traceback.
 
 class UserError(Exception):
     """A problem with the user's input; its message is shown as-is, on one line."""
+
+    def __str__(self):
+        # What the user typed is quoted in the message; a newline or another control character
+        # in it is shown escaped, so that the message stays one line.
+        return ''.join(c if c.isprintable() else repr(c)[1:-1] for c in super().__str__())

@@ -3,19 +3,22 @@
 
 ```
 python -m gpt_experiment.main [PRESET.yaml ...] [key=value ...] [--name NAME] [--help]
+python -m gpt_experiment.main --resume RUN_UUID [--checkpoint STEP] [key=value ...]
+torchrun --nproc_per_node=N -m gpt_experiment.main [...]
 ```
 
 Presets under `configs/` and `key=value` arguments become one dictionary of overrides for
 [`train.main`](train.html), later ones winning. `--help` lists every config key.
-Bad input is one line on stderr and exit status 2; Ctrl-C saves a checkpoint and exits 130.
+Bad input is one line on stderr and exit status 2; a loss that is not finite stops the run
+with exit status 3; Ctrl-C saves a checkpoint and exits 130.
 """
 
 import argparse
 import sys
 from typing import List
 
-from . import cli
-from .configs import Configs
+from . import cli, distributed
+from .configs import Configs, LossNotFinite
 from .errors import UserError
 from .train import main
 
@@ -30,7 +33,9 @@ def parse_args(argv: List[str]) -> argparse.Namespace:
                      description='Train a GPT as a labml experiment.')
     parser.add_argument('items', nargs='*', metavar='PRESET.yaml | key=value',
                         help='YAML override files and key=value overrides; later ones win')
-    parser.add_argument('--name', default='gpt', help='experiment name (the folder under logs/)')
+    parser.add_argument('--name', default=None, help='experiment name (the folder under logs/; default gpt)')
+    parser.add_argument('--resume', metavar='RUN_UUID', help='continue this run from its newest complete checkpoint')
+    parser.add_argument('--checkpoint', metavar='STEP', type=int, help='with --resume: the checkpoint step to start from')
     parser.add_argument('--comment', default='', help='a note stored with the run')
     parser.add_argument('-h', '--help', action='store_true', help='list every config key and exit')
     args = parser.parse_args(argv)
@@ -46,13 +51,19 @@ def run(argv: List[str]) -> int:
     """The command line: one line and a non-zero status on bad input, 130 on Ctrl-C."""
     try:
         args = parse_args(argv)
-        main(cli.overrides_from_args(args.items), name=args.name, comment=args.comment)
+        main(cli.overrides_from_args(args.items), name=args.name, comment=args.comment,
+             resume=args.resume, checkpoint=args.checkpoint)
     except UserError as e:
         print(f'error: {e}', file=sys.stderr)
         return 2
+    except LossNotFinite as e:
+        print(f'error: {e}; stopped without saving, the last checkpoint is kept', file=sys.stderr)
+        return 3
     except KeyboardInterrupt:
         print('interrupted', file=sys.stderr)
         return 130
+    finally:
+        distributed.teardown()
     return 0
 
 

@@ -14,10 +14,12 @@ conf = main({'epochs': 1, 'transformer.n_layers': 2})
 from pathlib import Path
 from typing import Any, Dict, Optional
 
-from labml import experiment, tracker
+from labml import experiment, lab, tracker
 
-from . import cli
+from . import checkpoints, cli, distributed
+from . import resume as resume_state
 from .configs import Configs, check_configs
+from .errors import UserError
 
 
 def project_path() -> Optional[str]:
@@ -32,20 +34,45 @@ def project_path() -> Optional[str]:
     return None
 
 
-def main(overrides: Optional[Dict[str, Any]] = None, *, name: str = 'gpt', comment: str = '') -> Configs:
-    """Train a GPT with `overrides` applied to the defaults; returns the computed configs."""
+def main(overrides: Optional[Dict[str, Any]] = None, *, name: Optional[str] = None, comment: str = '',
+         resume: Optional[str] = None, checkpoint: Optional[int] = None) -> Configs:
+    """
+    Train a GPT with `overrides` applied to the defaults; returns the computed configs.
+    `resume` (a run uuid) continues that run from its newest complete checkpoint, or from
+    `checkpoint`, as a new run ([resume](resume.html)). Under torchrun, every process calls
+    this ([distributed](distributed.html)).
+    """
     overrides = cli.check_overrides(Configs, overrides or {})
-    experiment.create(name=name, comment=comment, python_file=project_path(),
-                      writers={'screen', 'sqlite', 'web_api'})
+    world = distributed.setup()
+    ranks = dict(uuid=distributed.shared_uuid(), distributed_rank=world.rank,
+                 distributed_world_size=world.size if world.is_distributed else 0,
+                 writers={'screen', 'sqlite', 'web_api'} if world.is_main else set())
+    experiment.create(name=name or 'gpt', comment=comment, python_file=project_path(), **ranks)
+    parent, step = None, None
+    if resume is not None:
+        parent = checkpoints.find_run(lab.get_experiments_path(), resume)
+        step = int(checkpoints.find_checkpoint(parent, checkpoint).name)
+        overrides = {**cli.check_overrides(Configs, resume_state.parent_overrides(parent)), **overrides}
+        if name is None and parent.parent.name != 'gpt':
+            # the continuation goes beside its parent
+            experiment.create(name=parent.parent.name, comment=comment, python_file=project_path(), **ranks)
+    elif checkpoint is not None:
+        raise UserError('--checkpoint needs --resume RUN_UUID')
     conf = Configs()
     experiment.configs(conf, overrides)
     # Everything that can fail on bad input is computed before the run's folder is written.
     check_configs(conf)
-    experiment.add_pytorch_models({'model': conf.model})
+    distributed.check_batch(conf.batch_size)
+    checkpoints.install({
+        'model': checkpoints.model_saver('model', conf.model),
+        'training': checkpoints.TorchStateSaver('training', lambda: resume_state.training_state(conf),
+                                                lambda state: resume_state.load_training_state(conf, state)),
+    })
     _ = conf.optimizer
     # labml's tracker is a process-wide singleton: a second run in the same process (a
-    # notebook) starts counting from zero again.
-    tracker.set_global_step(0)
+    # notebook) starts counting from zero again, or from the checkpoint it resumes.
+    tracker.set_global_step(step or 0)
+    experiment.load(parent.name if parent else None, step)
     with experiment.start():
         conf.run()
     return conf

@@ -1,0 +1,98 @@
+"""
+# Resuming a run
+
+```
+python -m gpt_experiment.main --resume RUN_UUID [--checkpoint STEP] [key=value ...]
+```
+
+A checkpoint holds everything that the next step depends on, each as a labml `ModelSaver`
+of the [atomic checkpoints](checkpoints.html):
+
+* `model.pth`: the model's weights;
+* `training.pth`: the optimizer's state (Adam's moments, and its per-parameter `step`, which
+  is also the position in the warm-up and cosine schedule), the gradient scaler, the random
+  generators (torch, CUDA, Python's `random`, numpy), the generators of the training and
+  validation data order, and the number of epochs done.
+
+labml's global step (tokens trained on) is the checkpoint's folder name; labml's
+`experiment.load(run, step)` restores it when the experiment starts.
+
+**A resumed run is a new labml run that names its parent**: it gets its own uuid and folder
+beside the parent's, labml records the parent in its `run.yaml` (`load_run`), and its global
+step, checkpoints and tracked values continue from the checkpoint's step. The parent is never
+written to. The configuration is the parent's (its explicitly given values, from labml's
+`configs.yaml`), with any `key=value` given to `--resume` applied on top, e.g. `epochs=64` to
+train longer.
+
+**Exact at epoch boundaries.** labml saves at the end of every epoch and at the end of
+training; from those checkpoints a resumed run repeats, bit for bit on CPU, what the run would
+have done had it not stopped. A checkpoint taken mid-epoch (Ctrl-C) restores the same state,
+but the interrupted epoch starts over with the next shuffle of the data rather than from the
+window it had reached: counting the position in an epoch would mean saving and replaying the
+state of labml's trainer, validator and batch index, which are private to labml.
+"""
+
+import random
+from pathlib import Path
+from typing import Any, Dict
+
+import numpy as np
+import torch
+import yaml
+
+from .errors import UserError
+
+
+def _rng_state() -> Dict[str, Any]:
+    version, mt, gauss = random.getstate()
+    np_state = np.random.get_state()
+    return {
+        'torch': torch.get_rng_state(),
+        'cuda': torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        'python': [version, list(mt), gauss],
+        'numpy': [np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), *np_state[2:]],
+    }
+
+
+def _set_rng_state(state: Dict[str, Any]):
+    torch.set_rng_state(state['torch'])
+    if state['cuda'] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state['cuda'])
+    version, mt, gauss = state['python']
+    random.setstate((version, tuple(mt), gauss))
+    name, keys, *rest = state['numpy']
+    np.random.set_state((name, keys.numpy().astype(np.uint32), *rest))
+
+
+def training_state(c) -> Dict[str, Any]:
+    """What a `Configs` needs, besides the model, to take the next step as if never stopped."""
+    return {
+        'optimizer': c.optimizer.state_dict(),
+        'grad_scaler': c.grad_scaler.state_dict(),
+        'rng': _rng_state(),
+        'train_data': c.train_loader.generator.get_state(),
+        'valid_data': c.valid_loader.generator.get_state(),
+        'epochs_done': c._epochs_done,
+    }
+
+
+def load_training_state(c, state: Dict[str, Any]):
+    c.optimizer.load_state_dict(state['optimizer'])
+    c.grad_scaler.load_state_dict(state['grad_scaler'])
+    c.train_loader.generator.set_state(state['train_data'])
+    c.valid_loader.generator.set_state(state['valid_data'])
+    c._epochs_done = int(state['epochs_done'])
+    _set_rng_state(state['rng'])
+
+
+def parent_overrides(run_dir: Path) -> Dict[str, Any]:
+    """The values the parent run was given explicitly, from labml's `configs.yaml`."""
+    path = Path(run_dir) / 'configs.yaml'
+    try:
+        configs = yaml.safe_load(path.read_text(encoding='utf-8'))
+    except (OSError, yaml.YAMLError, UnicodeDecodeError) as e:
+        raise UserError(f'cannot read the configuration of run {Path(run_dir).name}: {e.__class__.__name__}') from None
+    if not isinstance(configs, dict):
+        raise UserError(f'{path} is not a labml configs file')
+    return {k: v['value'] for k, v in configs.items()
+            if isinstance(v, dict) and v.get('is_explicitly_specified') and 'value' in v}
