@@ -2,7 +2,7 @@
 # Command line
 
 ```
-python -m gpt_experiment.main [PRESET.yaml ...] [key=value ...] [--name NAME] [--help]
+python -m gpt_experiment.main [PRESET.yaml ...] [key=value ...] [--name NAME] [--writers W,...] [--help]
 ```
 
 Presets under `configs/` and `key=value` arguments become one dictionary of overrides for
@@ -14,7 +14,7 @@ import argparse
 import sys
 from typing import List
 
-from . import cli
+from . import cli, writers
 from .configs import Configs
 from .errors import UserError
 from .train import main
@@ -32,6 +32,9 @@ def parse_args(argv: List[str]) -> argparse.Namespace:
                         help='YAML override files and key=value overrides; later ones win')
     parser.add_argument('--name', default='gpt', help='experiment name (the folder under logs/)')
     parser.add_argument('--comment', default='', help='a note stored with the run')
+    parser.add_argument('--writers', default=','.join(writers.DEFAULT),
+                        help='labml writers, comma-separated: screen, sqlite, web_api (the dashboard), '
+                             'tensorboard, file (default: %(default)s)')
     parser.add_argument('-h', '--help', action='store_true', help='list every config key and exit')
     args = parser.parse_args(argv)
     if args.help:
@@ -46,7 +49,7 @@ def run(argv: List[str]) -> int:
     """The command line: one line and a non-zero status on bad input, 130 on Ctrl-C."""
     try:
         args = parse_args(argv)
-        main(cli.overrides_from_args(args.items), name=args.name, comment=args.comment)
+        main(cli.overrides_from_args(args.items), name=args.name, comment=args.comment, writers=args.writers)
     except UserError as e:
         print(f'error: {e}', file=sys.stderr)
         return 2

@@ -11,12 +11,13 @@ conf = main({'epochs': 1, 'transformer.n_layers': 2})
 ```
 """
 
+import time
 from pathlib import Path
-from typing import Any, Dict, Optional
+from typing import Any, Dict, Iterable, Optional, Union
 
 from labml import experiment, tracker
 
-from . import cli
+from . import cli, dashboard, summary, writers as writers_
 from .configs import Configs, check_configs
 
 
@@ -32,11 +33,14 @@ def project_path() -> Optional[str]:
     return None
 
 
-def main(overrides: Optional[Dict[str, Any]] = None, *, name: str = 'gpt', comment: str = '') -> Configs:
+def main(overrides: Optional[Dict[str, Any]] = None, *, name: str = 'gpt', comment: str = '',
+         writers: Union[str, Iterable[str]] = writers_.DEFAULT) -> Configs:
     """Train a GPT with `overrides` applied to the defaults; returns the computed configs."""
     overrides = cli.check_overrides(Configs, overrides or {})
-    experiment.create(name=name, comment=comment, python_file=project_path(),
-                      writers={'screen', 'sqlite', 'web_api'})
+    writers = writers_.check_writers(writers)
+    experiment.create(name=name, comment=comment, python_file=project_path(), writers=writers)
+    # The dashboard, when one is configured and answers ([dashboard](dashboard.html)).
+    dashboard_api = dashboard.connect(writers)
     conf = Configs()
     experiment.configs(conf, overrides)
     # Everything that can fail on bad input is computed before the run's folder is written.
@@ -46,6 +50,13 @@ def main(overrides: Optional[Dict[str, Any]] = None, *, name: str = 'gpt', comme
     # labml's tracker is a process-wide singleton: a second run in the same process (a
     # notebook) starts counting from zero again.
     tracker.set_global_step(0)
-    with experiment.start():
-        conf.run()
+    run = experiment._experiment_singleton().run
+    started = time.time()
+    try:
+        with experiment.start():
+            conf.run()
+    finally:
+        seconds = time.time() - started
+        page = dashboard.finish(dashboard_api, run.uuid)
+    summary.report(run.run_path, tokens=tracker.get_global_step(), seconds=seconds, dashboard_url=page)
     return conf
