@@ -38,4 +38,5 @@ def summarize(run_dir: Path, *, tokens: int, seconds: float, dashboard_url: Opti
 def report(run_dir: Path, *, tokens: int, seconds: float, dashboard_url: Optional[str]):
     """Print the summary through labml's logger."""
     logger.log('Run summary', Text.title)
-    logger.log(summarize(run_dir, tokens=tokens, seconds=seconds, dashboard_url=dashboard_url))
+    for line in summarize(run_dir, tokens=tokens, seconds=seconds, dashboard_url=dashboard_url).splitlines():
+        logger.log(line)
