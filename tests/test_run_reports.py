@@ -17,8 +17,8 @@ from conftest import REPO_ROOT, TINY, checkpoint_steps, read_scalars, run_cli, r
 SHORT = {**TINY, 'text': 'corpus.txt', 'epochs': 2, 'inner_iterations': 1, 'sample_tokens': 3}
 
 
-def test_summary_and_runs_listing_and_tensorboard_events(project, capsys):
-    main(dict(SHORT), name='reports', writers='screen,sqlite,tensorboard')
+def test_summary_and_runs_listing(project, capsys):
+    main(dict(SHORT), name='reports')
     out = capsys.readouterr().out
     run = run_dirs(project, 'reports')[0]
     uuid = run.name
@@ -33,15 +33,6 @@ def test_summary_and_runs_listing_and_tensorboard_events(project, capsys):
     assert f'{run / "checkpoints"}' in out
     assert not re.search(r'^\s*dashboard:', out, re.M)  # no dashboard was configured
 
-    # TensorBoard's own reader finds labml's values in the run's event file.
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-    events = EventAccumulator(str(run / 'tensorboard'))
-    events.Reload()
-    assert {'loss/train', 'loss/valid'} <= set(events.Tags()['scalars'])
-    got = [(e.step, e.value) for e in events.Scalars('loss/valid')]
-    assert [s for s, _ in got] == [s for s, _ in valid]
-    assert [v for _, v in got] == pytest.approx([v for _, v in valid], rel=1e-6)
-
     # The runs listing, from the project folder.
     env = dict(os.environ, PYTHONPATH=str(REPO_ROOT))
     listing = subprocess.run([sys.executable, '-m', 'gpt_experiment.runs'], cwd=project, env=env,
@@ -55,6 +46,22 @@ def test_summary_and_runs_listing_and_tensorboard_events(project, capsys):
     assert re.fullmatch(r'\d{4}-\d\d-\d\d', row[2])
     assert row[4] == f'{tokens:,}' and row[5].split()[0] == f'{valid[-1][1]:.4f}'
     assert row[5].split(maxsplit=1)[1] == ', '.join(str(s) for s in checkpoint_steps(run))
+
+
+def test_tensorboard_writer_writes_events_tensorboard_reads(project):
+    pytest.importorskip('tensorboard', reason='TensorBoard is an optional extra: pip install -r requirements-extras.txt')
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    run_cli([*(f'{k}={v}' for k, v in SHORT.items()),
+             '--name', 'tb', '--writers', 'screen,sqlite,tensorboard'], cwd=project).check_returncode()
+    run = run_dirs(project, 'tb')[0]
+    # TensorBoard's own reader finds labml's values (`loss.valid` as `loss/valid`) in the run's event file.
+    events = EventAccumulator(str(run / 'tensorboard'))
+    events.Reload()
+    assert {'loss/train', 'loss/valid', 'accuracy/train', 'accuracy/valid'} <= set(events.Tags()['scalars'])
+    valid = read_scalars(run, 'loss.valid')
+    got = [(e.step, e.value) for e in events.Scalars('loss/valid')]
+    assert [s for s, _ in got] == [s for s, _ in valid]
+    assert [v for _, v in got] == pytest.approx([v for _, v in valid], rel=1e-6)
 
 
 def test_runs_listing_outside_a_project_is_one_line(tmp_path):
