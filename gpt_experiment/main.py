@@ -2,7 +2,7 @@
 # Command line
 
 ```
-python -m gpt_experiment.main [PRESET.yaml ...] [key=value ...] [--name NAME] [--help]
+python -m gpt_experiment.main [PRESET.yaml ...] [key=value ...] [--name NAME] [--writers W,...] [--help]
 python -m gpt_experiment.main --resume RUN_UUID [--checkpoint STEP] [key=value ...]
 torchrun --nproc_per_node=N -m gpt_experiment.main [...]
 ```
@@ -17,7 +17,7 @@ import argparse
 import sys
 from typing import List
 
-from . import cli, distributed
+from . import cli, distributed, writers
 from .configs import Configs, LossNotFinite
 from .errors import UserError
 from .train import main
@@ -37,6 +37,9 @@ def parse_args(argv: List[str]) -> argparse.Namespace:
     parser.add_argument('--resume', metavar='RUN_UUID', help='continue this run from its newest complete checkpoint')
     parser.add_argument('--checkpoint', metavar='STEP', type=int, help='with --resume: the checkpoint step to start from')
     parser.add_argument('--comment', default='', help='a note stored with the run')
+    parser.add_argument('--writers', default=','.join(writers.DEFAULT),
+                        help='labml writers, comma-separated: screen, sqlite, web_api (the dashboard), '
+                             'tensorboard, file (default: %(default)s)')
     parser.add_argument('-h', '--help', action='store_true', help='list every config key and exit')
     args = parser.parse_args(argv)
     if args.help:
@@ -52,7 +55,7 @@ def run(argv: List[str]) -> int:
     try:
         args = parse_args(argv)
         main(cli.overrides_from_args(args.items), name=args.name, comment=args.comment,
-             resume=args.resume, checkpoint=args.checkpoint)
+             resume=args.resume, checkpoint=args.checkpoint, writers=args.writers)
     except UserError as e:
         print(f'error: {e}', file=sys.stderr)
         return 2

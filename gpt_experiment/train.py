@@ -11,12 +11,13 @@ conf = main({'epochs': 1, 'transformer.n_layers': 2})
 ```
 """
 
+import time
 from pathlib import Path
-from typing import Any, Dict, Optional
+from typing import Any, Dict, Iterable, Optional, Union
 
 from labml import experiment, lab, tracker
 
-from . import checkpoints, cli, distributed
+from . import checkpoints, cli, dashboard, distributed, summary, writers as writers_
 from . import resume as resume_state
 from .configs import Configs, check_configs
 from .errors import UserError
@@ -35,18 +36,20 @@ def project_path() -> Optional[str]:
 
 
 def main(overrides: Optional[Dict[str, Any]] = None, *, name: Optional[str] = None, comment: str = '',
-         resume: Optional[str] = None, checkpoint: Optional[int] = None) -> Configs:
+         resume: Optional[str] = None, checkpoint: Optional[int] = None,
+         writers: Union[str, Iterable[str]] = writers_.DEFAULT) -> Configs:
     """
     Train a GPT with `overrides` applied to the defaults; returns the computed configs.
     `resume` (a run uuid) continues that run from its newest complete checkpoint, or from
     `checkpoint`, as a new run ([resume](resume.html)). Under torchrun, every process calls
-    this ([distributed](distributed.html)).
+    this ([distributed](distributed.html)). `writers` are labml's ([writers](writers.html)).
     """
     overrides = cli.check_overrides(Configs, overrides or {})
+    writers = writers_.check_writers(writers)
     world = distributed.setup()
     ranks = dict(uuid=distributed.shared_uuid(), distributed_rank=world.rank,
                  distributed_world_size=world.size if world.is_distributed else 0,
-                 writers={'screen', 'sqlite', 'web_api'} if world.is_main else set())
+                 writers=writers if world.is_main else set())
     experiment.create(name=name or 'gpt', comment=comment, python_file=project_path(), **ranks)
     parent, step = None, None
     if resume is not None:
@@ -73,6 +76,17 @@ def main(overrides: Optional[Dict[str, Any]] = None, *, name: Optional[str] = No
     # notebook) starts counting from zero again, or from the checkpoint it resumes.
     tracker.set_global_step(step or 0)
     experiment.load(parent.name if parent else None, step)
-    with experiment.start():
-        conf.run()
+    # The dashboard, when one is configured and answers ([dashboard](dashboard.html)).
+    dashboard_api = dashboard.connect(writers if world.is_main else set())
+    run = experiment._experiment_singleton().run
+    started = time.time()
+    try:
+        with experiment.start():
+            conf.run()
+    finally:
+        seconds = time.time() - started
+        page = dashboard.finish(dashboard_api, run.uuid)
+    if world.is_main:
+        summary.report(run.run_path, tokens=tracker.get_global_step() - (step or 0), seconds=seconds,
+                       dashboard_url=page)
     return conf

@@ -1,0 +1,167 @@
+"""
+# The labml dashboard, locally
+
+```
+python -m gpt_experiment.dashboard [--host 127.0.0.1] [--port 5005]
+```
+
+starts labml's own web app ([labml-app](https://pypi.org/project/labml-app/) 0.0.102, the last
+release that keeps its runs in local files) in the foreground, as `labml app-server` does, bound
+to loopback unless asked otherwise. Runs show up there live when labml is told where it is,
+either in `.labml.yaml`
+
+```yaml
+web_api: http://127.0.0.1:5005/api/v1/track?
+web_api_open_browser: false
+```
+
+or with labml's environment variable `labml_server=http://127.0.0.1:5005/api/v1`.
+
+The app keeps what it is sent under `~/.labml/app/data/` (labml's configuration folder). Its
+run page says "This run will be deleted in 12 hours. Click Claim": only the app's clean-up
+script (`labml_app/scripts/clean_ups.py`, never started by the server) deletes runs, those not
+claimed and idle for 24 hours. We claim every run at the end of training anyway, as the Claim
+button does, so it moves to the local user's runs list; and the run itself is always in `logs/`.
+
+The other half of this module keeps training independent of the dashboard. labml 0.4 sends to
+the dashboard from a thread that retries forever and that the interpreter waits for, so with
+no dashboard answering a finished run never exits. So we
+
+* look for the dashboard before the run starts, and train without the `web_api` writer when
+  nobody answers;
+* make labml's sender thread a daemon, and after training wait for it only while the dashboard
+  answers (at most `FLUSH_SECONDS`), then say in one line that it was not reached.
+"""
+
+import argparse
+import importlib.util
+import json
+import os
+import sys
+import urllib.error
+import urllib.request
+from typing import Optional, Set
+from urllib.parse import urlsplit
+
+from labml import logger
+from labml.logger import Text
+
+DEFAULT_HOST = '127.0.0.1'
+DEFAULT_PORT = 5005
+# How long we wait, after training, for a dashboard that answers to take the last updates;
+# the app holds every update request for 3 seconds.
+FLUSH_SECONDS = 30
+# How long a dashboard has to answer a probe
+PROBE_SECONDS = 2
+
+
+def data_folder():
+    """Where the app keeps the runs it was sent: `~/.labml/app/data`."""
+    from labml.internal.computer.configs import computer_singleton
+    return computer_singleton().app_folder / 'data'
+
+
+def api_url(host: str, port: int) -> str:
+    """The value of `labml_server` for a dashboard at `host:port`."""
+    return f'http://{host}:{port}/api/v1'
+
+
+def configured_url() -> Optional[str]:
+    """The `web_api` URL labml will send to (`.labml.yaml` or `labml_server`), if any."""
+    from labml.internal.lab import lab_singleton
+    web_api = lab_singleton().web_api
+    return web_api.url if web_api is not None else None
+
+
+def app_url(url: str) -> str:
+    """`http://host:port` of a `web_api` URL."""
+    parts = urlsplit(url)
+    return f'{parts.scheme}://{parts.netloc}'
+
+
+def reachable(url: str, timeout: float = PROBE_SECONDS) -> bool:
+    """Whether anything answers HTTP at the dashboard's address (any status counts)."""
+    try:
+        urllib.request.urlopen(app_url(url) + '/', timeout=timeout).close()
+        return True
+    except urllib.error.HTTPError:
+        return True
+    except (OSError, ValueError):
+        return False
+
+
+def connect(writers: Set[str]) -> Optional[str]:
+    """
+    After `experiment.create` and before `experiment.start`: keep the `web_api` writer only
+    when a dashboard is configured and answers. Returns its URL, or `None`.
+    """
+    from labml.internal.api import ApiCaller
+    from labml.internal.experiment import experiment_singleton
+
+    if 'web_api' not in writers:
+        return None
+    url = configured_url()
+    if url is not None and not reachable(url):
+        logger.log(f'Dashboard not reached at {app_url(url)}; training without it.', Text.warning)
+        url = None
+    if url is None:
+        experiment_singleton().writers.discard('web_api')
+        return None
+    # labml's sender thread is not a daemon: with the dashboard gone, the interpreter would
+    # wait for its retries forever. `finish` waits for it instead, for a bounded time.
+    ApiCaller.__init__.__kwdefaults__['daemon'] = True
+    return url
+
+
+def finish(url: Optional[str], run_uuid: str) -> Optional[str]:
+    """
+    After training: let labml's sender deliver the last updates while the dashboard answers,
+    then claim the run. Returns the run's page, or `None` (with one line) when not reached.
+    """
+    if url is None:
+        return None
+    from labml.internal.experiment import experiment_singleton
+    web_api = experiment_singleton().web_api
+    thread = web_api.api_caller.thread if web_api is not None else None
+    if thread is not None and reachable(url):
+        thread.join(FLUSH_SECONDS)
+    if thread is None or thread.is_alive() or thread.errored or not reachable(url):
+        logger.log(f'Dashboard not reached at {app_url(url)}; the run is in logs/ only.', Text.warning)
+        return None
+    claim(url, run_uuid)
+    return f'{app_url(url)}/run/{run_uuid}'
+
+
+def claim(url: str, run_uuid: str) -> bool:
+    """Claim a run, as the run page's Claim button does, so that no clean-up deletes it."""
+    req = urllib.request.Request(f'{app_url(url)}/api/v1/run/{run_uuid}/claim', data=b'{}', method='PUT',
+                                 headers={'Content-Type': 'application/json'})
+    try:
+        with urllib.request.urlopen(req, timeout=PROBE_SECONDS * 5) as response:
+            return bool(json.loads(response.read().decode('utf-8')).get('is_successful'))
+    except (OSError, ValueError):
+        return False
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog='python -m gpt_experiment.dashboard',
+                                     description="Start labml's dashboard (labml-app) in the foreground.")
+    parser.add_argument('--host', default=DEFAULT_HOST, help='address to bind (default: loopback only)')
+    parser.add_argument('--port', type=int, default=DEFAULT_PORT, help='port (default: 5005)')
+    args = parser.parse_args(argv)
+    if importlib.util.find_spec('labml_app') is None:
+        print('error: labml-app is not installed; pip install -r requirements.txt', file=sys.stderr)
+        return 2
+    print(f'labml dashboard: http://{args.host}:{args.port}/', flush=True)
+    print(f'runs point at it with labml_server={api_url(args.host, args.port)} '
+          f'(or web_api: {api_url(args.host, args.port)}/track? in .labml.yaml)', flush=True)
+    print(f'dashboard data: {data_folder()}', flush=True)
+    # What `labml app-server` runs (`labml_app.start_server`): gunicorn with one uvicorn worker,
+    # here in place of this process, so that Ctrl-C and signals reach it directly.
+    env = dict(os.environ, LABML_APP_SERVER_IP=args.host, LABML_APP_SERVER_PORT=str(args.port))
+    os.execve(sys.executable, [sys.executable, '-m', 'gunicorn', '--bind', f'{args.host}:{args.port}', '-w', '1',
+                               '-k', 'uvicorn.workers.UvicornWorker', 'labml_app.flask_app:app'], env)
+
+
+if __name__ == '__main__':
+    sys.exit(main())

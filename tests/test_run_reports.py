@@ -1,0 +1,81 @@
+"""
+Other places to look at a run: the summary printed when it ends, `python -m
+gpt_experiment.runs`, and TensorBoard event files (`--writers ...,tensorboard`).
+"""
+
+import os
+import re
+import subprocess
+import sys
+
+import pytest
+
+from gpt_experiment.train import main
+
+from conftest import REPO_ROOT, TINY, checkpoint_steps, read_scalars, run_cli, run_dirs, write_project
+
+SHORT = {**TINY, 'text': 'corpus.txt', 'epochs': 2, 'inner_iterations': 1, 'sample_tokens': 3}
+
+
+def test_summary_and_runs_listing(project, capsys):
+    main(dict(SHORT), name='reports')
+    out = capsys.readouterr().out
+    run = run_dirs(project, 'reports')[0]
+    uuid = run.name
+
+    # The summary: the best validation loss and its step, as labml recorded them.
+    valid = read_scalars(run, 'loss.valid')
+    step, best = min(valid, key=lambda sv: sv[1])
+    assert re.search(rf'best valid loss:\s+{best:.4f} at step {step:,}', out), out[-2000:]
+    tokens = checkpoint_steps(run)[-1]
+    assert re.search(rf'tokens/s:\s+[\d,]+ \({tokens:,} tokens\)', out)
+    assert re.search(r'wall time:\s+[\d.]+ s', out)
+    assert f'{run / "checkpoints"}' in out
+    assert not re.search(r'^\s*dashboard:', out, re.M)  # no dashboard was configured
+
+    # The runs listing, from the project folder.
+    env = dict(os.environ, PYTHONPATH=str(REPO_ROOT))
+    listing = subprocess.run([sys.executable, '-m', 'gpt_experiment.runs'], cwd=project, env=env,
+                             capture_output=True, text=True, timeout=60)
+    assert listing.returncode == 0, listing.stderr
+    header, *rows = listing.stdout.splitlines()
+    assert header.split() == ['uuid', 'name', 'start', 'steps', 'valid', 'loss', 'checkpoints']
+    assert len(rows) == 1
+    row = rows[0].split(maxsplit=5)
+    assert row[0] == uuid and row[1] == 'reports'
+    assert re.fullmatch(r'\d{4}-\d\d-\d\d', row[2])
+    assert row[4] == f'{tokens:,}' and row[5].split()[0] == f'{valid[-1][1]:.4f}'
+    assert row[5].split(maxsplit=1)[1] == ', '.join(str(s) for s in checkpoint_steps(run))
+
+
+def test_tensorboard_writer_writes_events_tensorboard_reads(project):
+    pytest.importorskip('tensorboard', reason='TensorBoard is an optional extra: pip install -r requirements-extras.txt')
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    run_cli([*(f'{k}={v}' for k, v in SHORT.items()),
+             '--name', 'tb', '--writers', 'screen,sqlite,tensorboard'], cwd=project).check_returncode()
+    run = run_dirs(project, 'tb')[0]
+    # TensorBoard's own reader finds labml's values (`loss.valid` as `loss/valid`) in the run's event file.
+    events = EventAccumulator(str(run / 'tensorboard'))
+    events.Reload()
+    assert {'loss/train', 'loss/valid', 'accuracy/train', 'accuracy/valid'} <= set(events.Tags()['scalars'])
+    valid = read_scalars(run, 'loss.valid')
+    got = [(e.step, e.value) for e in events.Scalars('loss/valid')]
+    assert [s for s, _ in got] == [s for s, _ in valid]
+    assert [v for _, v in got] == pytest.approx([v for _, v in valid], rel=1e-6)
+
+
+def test_runs_listing_outside_a_project_is_one_line(tmp_path):
+    env = dict(os.environ, PYTHONPATH=str(REPO_ROOT))
+    result = subprocess.run([sys.executable, '-m', 'gpt_experiment.runs'], cwd=tmp_path, env=env,
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == ['error: not inside a labml project: no .labml.yaml here or in a parent folder']
+
+
+def test_unknown_writer_is_one_line(tmp_path):
+    project = write_project(tmp_path / 'project')
+    result = run_cli(['text=corpus.txt', '--writers', 'screen,tensorbord'], cwd=project)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        "error: unknown writer 'tensorbord'; choose from: screen, sqlite, web_api, tensorboard, file"]
+    assert run_dirs(project, 'gpt') == []
