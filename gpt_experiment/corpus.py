@@ -249,6 +249,7 @@ def load_token_corpus(path, tokenizer_spec, *, seq_len: int, valid_path=None) ->
     splits = {}
     for name, span in (('training', train), ('validation', valid)):
         splits[name] = tokenise_to_file(span, tokenizer, cache / f'{name}-{tokens_key}.{suffix}', name)
+    for name in splits:
         n = len(splits[name])
         if n < seq_len + 1:
             raise UserError(f'the {name} split of {path} has {n} tokens; '
