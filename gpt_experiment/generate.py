@@ -23,6 +23,7 @@ with a warning on stderr.
 
 import argparse
 import contextlib
+import io
 import sys
 from pathlib import Path
 from typing import List, Optional
@@ -99,8 +100,6 @@ def load_model(run_dir: Path, step: int, tokenizer, device: str):
     overrides = experiment.load_configs(run_dir.name)
     # The model's vocabulary comes from the saved tokenizer; nothing computes the corpus.
     overrides['n_tokens'] = tokenizer.n_tokens
-    overrides['device.cuda_device'] = 0
-    overrides['device.use_cuda'] = False
     conf = Configs()
     experiment.configs(conf, overrides)
     model = conf.model
@@ -125,8 +124,9 @@ def run(argv: List[str]) -> int:
         if not prompt:
             raise UserError('prompt is empty: generation needs at least one token to start from')
 
-        # labml reports what it builds and loads on stdout, which is the generated text's.
-        with contextlib.redirect_stdout(sys.stderr):
+        # labml reports what it builds and loads on stdout, which is the generated text's; errors
+        # are ours to report, in one line.
+        with contextlib.redirect_stdout(io.StringIO()):
             experiment.create(name='generate', python_file=project_path(), writers=set())
             run_dir = find_run(args.run)
             step = find_checkpoint(run_dir, args.checkpoint)
