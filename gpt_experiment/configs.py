@@ -259,6 +259,10 @@ def check_configs(c: Configs):
                         f'transformer.n_heads={c.transformer.n_heads}')
     if not 0 <= c.transformer.dropout < 1:
         raise UserError(f'transformer.dropout must be in [0, 1), got {c.transformer.dropout}')
+    if not 0 <= c.embedding_dropout < 1:
+        raise UserError(f'embedding_dropout must be in [0, 1), got {c.embedding_dropout}')
+    if c.bpe_vocab_size < 257:
+        raise UserError(f'bpe_vocab_size must be at least 257 (the 256 bytes and one merge), got {c.bpe_vocab_size}')
     sampling.check_prompt(c.prompt, c.text)
 
 

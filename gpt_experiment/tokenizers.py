@@ -55,7 +55,7 @@ class CharacterTokenizer:
 
     def encode_array(self, text: str) -> np.ndarray:
         """Ids of `text` as an array; characters outside the vocabulary are dropped, as labml does."""
-        points = np.frombuffer(text.encode('utf-32-le'), dtype=np.uint32).astype(np.int64)
+        points = np.frombuffer(text.encode('utf-32-le'), dtype=np.uint32)
         ids = np.full(len(points), -1, dtype=np.int64)
         inside = points < len(self._lut)
         ids[inside] = self._lut[points[inside]]
