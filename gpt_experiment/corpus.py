@@ -166,7 +166,7 @@ def tokenise_to_file(span: Span, tokenizer, path: Path, name: str) -> np.memmap:
                 batch.append(chunk)
                 done += len(chunk.encode('utf-8'))
                 # Characters encode chunk by chunk (numpy); BPE batches, to use every core.
-                if len(batch) == (16 if isinstance(tokenizer, tokenizers.BPETokenizer) else 1):
+                if len(batch) == (4 if isinstance(tokenizer, tokenizers.BPETokenizer) else 1):
                     out.write(_encode(tokenizer, batch).astype(dtype).tobytes())
                     batch = []
                     monit.progress(done)
