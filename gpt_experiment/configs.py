@@ -20,6 +20,7 @@ import math
 import signal
 import warnings
 
+import numpy as np
 import torch
 
 from labml import experiment, lab, logger, monit, tracker
@@ -31,9 +32,9 @@ from labml_nn.experiments.nlp_autoregression import NLPAutoRegressionConfigs
 from labml_nn.optimizers.configs import OptimizerConfigs
 from labml_nn.transformers import TransformerConfigs
 
-from . import attention, data, distributed, sampling  # noqa: F401 (attention registers the `sdpa` option)
+from . import attention, corpus, data, distributed, gpt1, sampling, tokenizers  # noqa: F401 (attention and gpt1 register options)
 from .errors import UserError
-from .model import GPT, init_weights
+from .model import GPT, crop_positions, init_weights
 from .optimizer import gpt_optimizer_configs
 
 # We replace labml_nn's `tiny_shakespeare` option with one that checks its input; labml warns
@@ -65,6 +66,18 @@ class Configs(NLPAutoRegressionConfigs):
     learning_rate: float = 6e-4
     # GPT's optimizer
     optimizer = 'transformer_optimizer'
+    # Which parameters decay: `linear` (minGPT: `nn.Linear` weights) or `matrices` (GPT-1: every
+    # weight but biases and gains)
+    weight_decay_params = 'linear'
+
+    # GPT-1 options (see [gpt1](gpt1.html)), off by default
+    # The generator's weight is the token embedding matrix
+    tie_embeddings: bool = False
+    # Dropout on the token and position embeddings
+    embedding_dropout: float = 0.0
+    # Vocabulary size of `tokenizer=bpe`, and how much of the training split trains it
+    bpe_vocab_size: int = tokenizers.DEFAULT_BPE_VOCAB_SIZE
+    bpe_train_bytes: int = 100_000_000
 
     # Training device, `device.use_cuda` and `device.cuda_device`. labml_nn's default is one
     # `DeviceConfigs` object shared by every instance, which a second run in the same process
@@ -220,6 +233,8 @@ class Configs(NLPAutoRegressionConfigs):
         """
         n_params = sum(p.numel() for p in self.model.parameters())
         logger.log([('Model parameters: ', Text.key), (f'{n_params:,}', Text.value)])
+        # The tokenizer goes with the run, for `generate`.
+        tokenizers.save(corpus.tokenizer_of(self.text), experiment._experiment_singleton().run.run_path)
         with monit.section('Initialize'):
             self.init()
         _ = self.validator
@@ -285,6 +300,10 @@ def check_configs(c: Configs):
                         f'transformer.n_heads={c.transformer.n_heads}')
     if not 0 <= c.transformer.dropout < 1:
         raise UserError(f'transformer.dropout must be in [0, 1), got {c.transformer.dropout}')
+    if not 0 <= c.embedding_dropout < 1:
+        raise UserError(f'embedding_dropout must be in [0, 1), got {c.embedding_dropout}')
+    if c.bpe_vocab_size < 257:
+        raise UserError(f'bpe_vocab_size must be at least 257 (the 256 bytes and one merge), got {c.bpe_vocab_size}')
     sampling.check_prompt(c.prompt, c.text)
 
 
@@ -350,7 +369,12 @@ def _model(c: Configs) -> GPT:
     ### GPT model, initialised N(0, 0.02)
     """
     torch.manual_seed(c.seed)
-    m = GPT(c.transformer.encoder, c.transformer.src_embed, c.transformer.generator)
+    encoder = c.transformer.encoder
+    if isinstance(c.transformer.encoder_layer, gpt1.PostLNTransformerLayer):
+        # Post-LN layers end normalised; GPT-1 has no final LayerNorm.
+        encoder.norm = torch.nn.Identity()
+    m = GPT(encoder, crop_positions(c.transformer.src_embed, c.seq_len), c.transformer.generator,
+            embedding_dropout=c.embedding_dropout, tie_embeddings=c.tie_embeddings)
     m.apply(init_weights)
     return m.to(c.device)
 
@@ -362,10 +386,28 @@ def transformer_optimizer(c: Configs) -> OptimizerConfigs:
 
     Warm-up and total length are given in tokens and converted to optimizer steps.
     """
-    return gpt_optimizer_configs(c.model, weight_decay=c.weight_decay, learning_rate=c.learning_rate,
+    conf = gpt_optimizer_configs(c.model, weight_decay=c.weight_decay, learning_rate=c.learning_rate,
                                  d_model=c.transformer.d_model, warmup_tokens=c.warmup_steps,
                                  tokens_per_step=c.batch_size * c.seq_len,
                                  total_steps=c.epochs * len(c.train_loader))
+    conf.parameters = gpt1.decay_groups(c.model, c.weight_decay, c.weight_decay_params)
+    return conf
+
+
+@option(Configs.weight_decay_params, 'linear')
+def _decay_linear():
+    return 'linear'
+
+
+@option(Configs.weight_decay_params, 'matrices')
+def _decay_matrices():
+    return 'matrices'
+
+
+@option(Configs.tokenizer, 'bpe')
+def _bpe(c: Configs):
+    """A byte-level BPE of `bpe_vocab_size` tokens, trained on the training split ([corpus](corpus.html))."""
+    return corpus.BPE(c.bpe_vocab_size, c.bpe_train_bytes)
 
 
 @option(Configs.text, 'tiny_shakespeare')
@@ -376,7 +418,7 @@ def tiny_shakespeare(c: Configs):
     At labml's data path (`data/` beside `.labml.yaml`), downloaded when absent.
     """
     path = data.fetch_tiny_shakespeare(lab.get_data_path() / 'tiny_shakespeare.txt')
-    return data.load_corpus(path, c.tokenizer, seq_len=c.seq_len)
+    return corpus.load(path, c.tokenizer, seq_len=c.seq_len)
 
 
 @option(Configs.text, 'file')
@@ -389,20 +431,27 @@ def text_file(c: Configs):
     if not c.text_file:
         raise UserError('text=file needs a path: text=<file or folder>')
     valid = c.valid_text_file or None
-    return data.load_corpus(c.text_file, c.tokenizer, seq_len=c.seq_len, valid_path=valid)
+    return corpus.load(c.text_file, c.tokenizer, seq_len=c.seq_len, valid_path=valid)
 
 
 @option(Configs.train_loader, 'shuffled_windows')
 def _train_loader(c: Configs):
-    tokens = c.text.text_to_i(c.text.train).to(c.device)
-    w = distributed.world()
-    return data.ShuffledWindows(tokens, batch_size=c.batch_size, seq_len=c.seq_len,
-                                generator=torch.Generator().manual_seed(c.seed), rank=w.rank, world_size=w.size)
+    return _shuffled_windows(c, 'train', seed=c.seed)
 
 
 @option(Configs.valid_loader, 'shuffled_windows')
 def _valid_loader(c: Configs):
-    tokens = c.text.text_to_i(c.text.valid).to(c.device)
+    return _shuffled_windows(c, 'valid', seed=c.seed + 1)
+
+
+def _shuffled_windows(c: Configs, split: str, *, seed: int) -> data.ShuffledWindows:
+    """
+    Batches of a split. A memory-mapped token file stays on disk and only batches move to the
+    device; the order has its own seeded generator (saved in checkpoints), and each process of
+    a distributed run keeps its slice of every batch.
+    """
+    tokens = corpus.split_tokens(c.text, split)
+    tokens = tokens if isinstance(tokens, np.ndarray) else tokens.to(c.device)
     w = distributed.world()
-    return data.ShuffledWindows(tokens, batch_size=c.batch_size, seq_len=c.seq_len,
-                                generator=torch.Generator().manual_seed(c.seed + 1), rank=w.rank, world_size=w.size)
+    return data.ShuffledWindows(tokens, batch_size=c.batch_size, seq_len=c.seq_len, device=c.device,
+                                generator=torch.Generator().manual_seed(seed), rank=w.rank, world_size=w.size)

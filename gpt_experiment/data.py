@@ -17,6 +17,7 @@ import urllib.request
 from pathlib import Path
 from typing import Callable, Optional
 
+import numpy as np
 import torch
 
 from labml import monit
@@ -93,7 +94,8 @@ def load_corpus(path: Path, tokenizer: Callable, *, seq_len: int, valid_path: Op
 
 class ShuffledWindows:
     r"""
-    An epoch of `[seq_len, batch_size]` input and target batches from a 1-D token tensor.
+    An epoch of `[seq_len, batch_size]` input and target batches from a 1-D token tensor or
+    a memory-mapped array of token ids.
 
     Window $i$ starts at $i \cdot \text{seq\_len} + r_i$ with a random offset
     $0 \le r_i < \text{seq\_len}$ (kept inside the text), so that every epoch sees different
@@ -105,9 +107,13 @@ class ShuffledWindows:
     slices of each batch; windows that do not split evenly at the end of an epoch are dropped.
     """
 
-    def __init__(self, tokens: torch.Tensor, *, batch_size: int, seq_len: int,
+    def __init__(self, tokens, *, batch_size: int, seq_len: int, device: torch.device = None,
                  generator: Optional[torch.Generator] = None, rank: int = 0, world_size: int = 1):
+        # A tensor, or a (memory-mapped) numpy array of token ids that stays where it is: each
+        # batch gathers its windows from it and only the batch goes to `device`.
         self.tokens = tokens
+        self.is_array = isinstance(tokens, np.ndarray)
+        self.device = device if device is not None else (torch.device('cpu') if self.is_array else tokens.device)
         self.batch_size = batch_size
         self.seq_len = seq_len
         self.generator = generator
@@ -115,7 +121,7 @@ class ShuffledWindows:
         self.world_size = world_size
         self.n_windows = (len(tokens) - 1) // seq_len
         # `[0, 1, ..., seq_len]`, added to each start to gather a window and its next token.
-        self.span = torch.arange(seq_len + 1, device=tokens.device)
+        self.span = torch.arange(seq_len + 1, device='cpu' if self.is_array else tokens.device)
 
     def __len__(self):
         last = self.n_windows % self.batch_size
@@ -126,7 +132,7 @@ class ShuffledWindows:
         # The largest offset that keeps `start + seq_len` a valid target index.
         room = (len(self.tokens) - 1 - self.seq_len - starts).clamp(max=self.seq_len - 1)
         starts += (torch.rand(self.n_windows, generator=self.generator) * (room + 1)).long()
-        starts = starts[torch.randperm(self.n_windows, generator=self.generator)].to(self.tokens.device)
+        starts = starts[torch.randperm(self.n_windows, generator=self.generator)].to(self.span.device)
         for batch_starts in starts.split(self.batch_size):
             if self.world_size > 1:
                 batch_starts = batch_starts[:len(batch_starts) - len(batch_starts) % self.world_size]
@@ -134,5 +140,10 @@ class ShuffledWindows:
                     break
                 batch_starts = batch_starts.chunk(self.world_size)[self.rank]
             # `[batch_size, seq_len + 1]` -> sequence first `[seq_len + 1, batch_size]`
-            windows = self.tokens[batch_starts[:, None] + self.span].t().contiguous()
+            index = batch_starts[:, None] + self.span
+            if self.is_array:
+                windows = torch.from_numpy(self.tokens[index.numpy()].astype(np.int64)).to(self.device)
+            else:
+                windows = self.tokens[index]
+            windows = windows.t().contiguous()
             yield windows[:-1], windows[1:]

@@ -1,4 +1,4 @@
-"""
+r"""
 # GPT
 
 A GPT is a stack of transformer layers that each position can only see the past through:
@@ -8,6 +8,17 @@ a *causal* mask on self-attention. It is three parts, all built by labml_nn's
 * `src_embed`: token embeddings plus positional encodings,
 * `encoder`: the transformer layers under the causal mask,
 * `generator`: a linear layer from the last hidden state to logits over the vocabulary.
+
+Options of the GPT-1 paper (see [gpt1](gpt1.html)) that live here:
+
+* `embedding_dropout`: dropout on the sum of token and position embeddings (labml_nn's
+  embedding modules have none);
+* `tie_embeddings`: the generator's weight *is* the token embedding matrix $W_e$. labml_nn's
+  embedding computes $\sqrt{d_{model}} W_e[x]$ (as Vaswani et al., who tie too), so with tying
+  the logits are $h W_e^\top$ and the input is the same rows scaled by $\sqrt{d_{model}}$;
+  GPT-1 itself has no such scale. The generator keeps its own bias;
+* learned position tables are cut to `seq_len` rows ([`crop_positions`](#crop_positions)),
+  and a post-LN encoder has no final LayerNorm.
 
 Tensors are *sequence first*, `[seq_len, batch_size]`, as everywhere in labml_nn.
 """
@@ -20,11 +31,17 @@ from labml_nn.transformers.utils import subsequent_mask
 
 
 class GPT(nn.Module):
-    def __init__(self, encoder: Encoder, src_embed: nn.Module, generator: nn.Module):
+    def __init__(self, encoder: Encoder, src_embed: nn.Module, generator: nn.Module, *,
+                 embedding_dropout: float = 0.0, tie_embeddings: bool = False):
         super().__init__()
         self.src_embed = src_embed
         self.encoder = encoder
         self.generator = generator
+        # A module without parameters: checkpoints are the same with or without it.
+        self.embedding_dropout = nn.Dropout(embedding_dropout)
+        if tie_embeddings:
+            # `[n_vocab, d_model]` in both: `nn.Embedding` rows and `nn.Linear` output rows.
+            self.generator.projection.weight = self.src_embed.linear.weight
         # The causal mask `[seq_len, seq_len, 1]` is built on first use and cached;
         # it is not a parameter nor a buffer, so it stays out of checkpoints.
         self.mask = None
@@ -33,10 +50,22 @@ class GPT(nn.Module):
         # `mask[i, j]` is true when position `i` may attend to position `j <= i`.
         if self.mask is None or self.mask.size(0) != len(x) or self.mask.device != x.device:
             self.mask = subsequent_mask(len(x)).to(x.device)
-        x = self.src_embed(x)
+        x = self.embedding_dropout(self.src_embed(x))
         x = self.encoder(x, self.mask)
         # The second value is the recurrent state labml's trainer expects; a GPT has none.
         return self.generator(x), None
+
+
+def crop_positions(src_embed: nn.Module, seq_len: int) -> nn.Module:
+    """
+    <a id="crop_positions"></a>
+    Cut a learned positional table (labml_nn makes 5,000 rows) to the `seq_len` rows a GPT can
+    use. Fixed sinusoidal tables are buffers, not parameters, and are left as they are.
+    """
+    pe = getattr(src_embed, 'positional_encodings', None)
+    if isinstance(pe, nn.Parameter) and pe.shape[0] > seq_len:
+        src_embed.positional_encodings = nn.Parameter(pe.detach()[:seq_len].clone())
+    return src_embed
 
 
 def init_weights(module: nn.Module):

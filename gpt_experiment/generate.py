@@ -1,0 +1,170 @@
+"""
+# Generate
+
+```
+python -m gpt_experiment.generate --run UUID [--checkpoint STEP] (--prompt TEXT | --prompt-file FILE)
+    [--max-new-tokens N] [--temperature T] [--top-k K] [--top-p P] [--num-samples S] [--seed N]
+    [--device D] [--no-cache] [--slide N]
+```
+
+Continues a prompt from a run's checkpoint and streams the text to stdout as it is produced.
+The run is found under labml's `logs/` by its uuid or a unique prefix of it; its configs are
+read back with labml's `experiment.load_configs` and applied to a fresh `Configs`, which
+rebuilds the same model (the vocabulary size comes from the tokenizer saved in the run's
+folder, so the corpus is not needed); the checkpoint is loaded through labml
+(`experiment.add_pytorch_models`, `experiment.load_models`). Decoding, with the key/value
+cache, is in [sampling](sampling.html).
+
+Bad input (an unknown run or checkpoint, with what exists listed; prompt characters outside a
+character vocabulary; temperature < 0, top-k < 1, top-p outside (0, 1]) is one line on stderr
+and exit status 2. A prompt longer than the context is cropped to its last `seq_len` tokens,
+with a warning on stderr.
+"""
+
+import argparse
+import contextlib
+import io
+import sys
+from pathlib import Path
+from typing import List, Optional
+
+import torch
+
+from labml import experiment, lab
+
+from . import sampling, tokenizers
+from .errors import UserError
+from .train import project_path
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):
+        raise UserError(message)
+
+
+def parse_args(argv: List[str]) -> argparse.Namespace:
+    p = _Parser(prog='python -m gpt_experiment.generate', description='Continue a prompt from a checkpoint.')
+    p.add_argument('--run', required=True, help='run uuid, or a unique prefix of one')
+    p.add_argument('--checkpoint', type=int, default=None, help='global step of the checkpoint (default: newest)')
+    prompt = p.add_mutually_exclusive_group(required=True)
+    prompt.add_argument('--prompt', help='text to continue')
+    prompt.add_argument('--prompt-file', help='UTF-8 file with the text to continue')
+    p.add_argument('--max-new-tokens', type=int, default=200)
+    p.add_argument('--temperature', type=float, default=1.0, help='0 is greedy')
+    p.add_argument('--top-k', type=int, default=None)
+    p.add_argument('--top-p', type=float, default=None)
+    p.add_argument('--num-samples', type=int, default=1)
+    p.add_argument('--seed', type=int, default=0)
+    p.add_argument('--device', default='cpu')
+    p.add_argument('--no-cache', action='store_true', help='re-run the whole context for every token')
+    p.add_argument('--slide', type=int, default=None,
+                   help='tokens the cached window slides by when full (default seq_len // 4; 1 is exact)')
+    return p.parse_args(argv)
+
+
+def find_run(uuid_prefix: str) -> Path:
+    """The run folder `logs/<name>/<uuid>` whose uuid starts with `uuid_prefix`."""
+    root = Path(lab.get_experiments_path())
+    runs = sorted(p for p in root.glob('*/*') if p.is_dir() and (p / 'run.yaml').is_file())
+    matches = [p for p in runs if p.name.startswith(uuid_prefix)]
+    if len(matches) == 1:
+        return matches[0]
+    listing = ', '.join(f'{p.parent.name}/{p.name}' for p in (matches or runs)) or 'none'
+    if matches:
+        raise UserError(f'run prefix {uuid_prefix!r} is ambiguous: {listing}')
+    raise UserError(f'no run {uuid_prefix!r} in {root}; runs: {listing}')
+
+
+def find_checkpoint(run_dir: Path, step: Optional[int] = None) -> int:
+    """
+    The step of a complete checkpoint of a run: `step`, or the newest. A checkpoint is complete
+    when its folder holds labml's `info.json` and the `model.pth`; anything else (a checkpoint
+    still being written, a temporary folder) is never picked.
+    """
+    root = run_dir / 'checkpoints'
+    steps = sorted(int(p.name) for p in root.iterdir()
+                   if p.name.isdigit() and (p / 'info.json').is_file() and (p / 'model.pth').is_file()) \
+        if root.is_dir() else []
+    if not steps:
+        raise UserError(f'run {run_dir.name} has no checkpoints')
+    if step is None:
+        return steps[-1]
+    if step not in steps:
+        raise UserError(f'run {run_dir.name} has no checkpoint {step}; checkpoints: {", ".join(map(str, steps))}')
+    return step
+
+
+def load_model(run_dir: Path, step: int, tokenizer, device: str):
+    """Rebuild the run's `Configs` and model, and load the checkpoint through labml."""
+    from .configs import Configs
+    overrides = experiment.load_configs(run_dir.name)
+    # The model's vocabulary comes from the saved tokenizer; nothing computes the corpus.
+    overrides['n_tokens'] = tokenizer.n_tokens
+    conf = Configs()
+    experiment.configs(conf, overrides)
+    model = conf.model
+    experiment.add_pytorch_models({'model': model})
+    experiment.load_models(models=['model'], run_uuid=run_dir.name, checkpoint=step)
+    return model.to(device).eval(), conf
+
+
+def run(argv: List[str]) -> int:
+    try:
+        args = parse_args(argv)
+        sampler = sampling.make_sampler(args.temperature, args.top_k, args.top_p)
+        if args.max_new_tokens < 1 or args.num_samples < 1:
+            raise UserError('--max-new-tokens and --num-samples must be at least 1')
+        if args.prompt_file is not None:
+            try:
+                prompt = Path(args.prompt_file).read_text(encoding='utf-8')
+            except (OSError, UnicodeDecodeError) as e:
+                raise UserError(f'cannot read prompt file {args.prompt_file}: {e}') from None
+        else:
+            prompt = args.prompt
+        if not prompt:
+            raise UserError('prompt is empty: generation needs at least one token to start from')
+
+        # labml reports what it builds and loads on stdout, which is the generated text's; errors
+        # are ours to report, in one line.
+        with contextlib.redirect_stdout(io.StringIO()):
+            experiment.create(name='generate', python_file=project_path(), writers=set())
+            run_dir = find_run(args.run)
+            step = find_checkpoint(run_dir, args.checkpoint)
+            tokenizer = tokenizers.load(run_dir)
+            missing = tokenizer.unknown(prompt)
+            if missing:
+                raise UserError('prompt has characters that are not in the vocabulary: ' + ' '.join(map(repr, missing)))
+            model, conf = load_model(run_dir, step, tokenizer, args.device)
+        ids = tokenizer.encode(prompt)
+        if len(ids) > conf.seq_len:
+            print(f'warning: the prompt has {len(ids)} tokens; keeping the last {conf.seq_len} (the context)',
+                  file=sys.stderr)
+            ids = ids[-conf.seq_len:]
+        if args.slide is not None and not 1 <= args.slide < conf.seq_len:
+            raise UserError(f'--slide must be in [1, {conf.seq_len - 1}], got {args.slide}')
+        prompt_ids = torch.tensor(ids, dtype=torch.long, device=args.device)
+    except UserError as e:
+        print(f'error: {e}', file=sys.stderr)
+        return 2
+
+    torch.manual_seed(args.seed)
+    try:
+        for i in range(args.num_samples):
+            if args.num_samples > 1:
+                print(f'--- sample {i + 1} ---', flush=True)
+            decoder = tokenizers.StreamDecoder(tokenizer)
+            sys.stdout.write(prompt)
+            for token in sampling.generate(model, prompt_ids, n_tokens=args.max_new_tokens, seq_len=conf.seq_len,
+                                           sampler=sampler, use_cache=not args.no_cache, slide=args.slide):
+                sys.stdout.write(decoder.add(token))
+                sys.stdout.flush()
+            sys.stdout.write(decoder.flush() + '\n')
+            sys.stdout.flush()
+    except KeyboardInterrupt:
+        print('\ninterrupted', file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(run(sys.argv[1:]))

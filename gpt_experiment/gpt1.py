@@ -1,0 +1,109 @@
+r"""
+# GPT-1 as the paper has it
+
+[Radford et al. (2018)](https://cdn.openai.com/research-covers/language-unsupervised/language_understanding_paper.pdf)
+differ from the labml recipe in a few places. Each is an option here, off by default, and
+`configs/gpt1.yaml` turns them all on:
+
+* **post-LayerNorm blocks** (`transformer.encoder_layer=post_ln`): the original transformer's
+  $x \leftarrow \text{LN}(x + \text{attn}(x))$, $x \leftarrow \text{LN}(x + \text{ffn}(x))$,
+  where labml_nn normalises *before* each sub-layer. A post-LN stack ends normalised already,
+  so the GPT drops labml_nn's final LayerNorm for it (see [model](model.html));
+* **learned positions of `seq_len` rows** (`transformer.src_embed=learned_pos`; labml_nn's
+  table has 5,000 rows, 3.5M extra parameters at GPT-1's width, that the model never uses);
+* **tied input and output embeddings** (`tie_embeddings=true`) and **dropout on the
+  embeddings** (`embedding_dropout=0.1`), in [model](model.html);
+* **weight decay on every weight matrix** (`weight_decay_params=matrices`): GPT-1 decays "all
+  non bias or gain weights", which includes the token and position embeddings, where minGPT
+  (`weight_decay_params=linear`, the default) decays only the `nn.Linear` weights;
+* **a cosine decay to zero** (`optimizer.optimizer=AdamWarmupCosineToZero`): labml_nn's
+  schedule stops at 10% of the maximum learning rate.
+"""
+
+import copy
+import math
+from typing import Dict, List
+
+import torch
+from torch import nn
+
+from labml.configs import option
+from labml_nn.optimizers.configs import OptimizerConfigs
+from labml_nn.transformers import TransformerConfigs
+from labml_nn.transformers.models import TransformerLayer
+
+from .optimizer import ForeachAdamWarmupCosineDecay
+
+
+class PostLNTransformerLayer(TransformerLayer):
+    """
+    ## Post-LayerNorm transformer layer
+
+    The same parameters as labml_nn's (pre-LN) `TransformerLayer`, with the normalisation after
+    each residual sum. It is an encoder layer only (no source attention).
+    """
+
+    def forward(self, *, x: torch.Tensor, mask: torch.Tensor, src: torch.Tensor = None,
+                src_mask: torch.Tensor = None):
+        assert src is None, 'the post-LN layer is a GPT (encoder) layer'
+        # $x \leftarrow \text{LN}(x + \text{Dropout}(\text{attn}(x)))$
+        x = self.norm_self_attn(x + self.dropout(self.self_attn(query=x, key=x, value=x, mask=mask)))
+        # $x \leftarrow \text{LN}(x + \text{Dropout}(\text{ffn}(x)))$
+        return self.norm_ff(x + self.dropout(self.feed_forward(x)))
+
+
+@option(TransformerConfigs.encoder_layer, 'post_ln')
+def _post_ln_encoder_layer(c: TransformerConfigs):
+    return PostLNTransformerLayer(d_model=c.d_model, self_attn=c.encoder_attn, src_attn=None,
+                                  feed_forward=copy.deepcopy(c.ffn.ffn), dropout_prob=c.dropout)
+
+
+def linear_weights(model: nn.Module) -> List[str]:
+    """minGPT's rule: only the weights of `nn.Linear` layers decay."""
+    from .optimizer import decay_parameter_names
+    return decay_parameter_names(model)
+
+
+def matrix_weights(model: nn.Module) -> List[str]:
+    """
+    GPT-1's rule: every weight but biases and gains, that is every parameter with two or more
+    dimensions (linear weights, token embeddings, the learned position table). A tied
+    embedding is one parameter and is listed once.
+    """
+    return sorted(n for n, p in model.named_parameters() if p.dim() >= 2)
+
+
+DECAY_RULES = {'linear': linear_weights, 'matrices': matrix_weights}
+
+
+def decay_groups(model: nn.Module, weight_decay: float, rule: str) -> List[Dict]:
+    """Two parameter groups: the parameters `rule` picks with `weight_decay`, the rest with none."""
+    params = dict(model.named_parameters())
+    decay = set(DECAY_RULES[rule](model)) & set(params)
+    return [
+        {'params': [params[n] for n in sorted(decay)], 'weight_decay': weight_decay},
+        {'params': [params[n] for n in sorted(set(params) - decay)], 'weight_decay': 0.0},
+    ]
+
+
+class AdamWarmupCosineToZero(ForeachAdamWarmupCosineDecay):
+    r"""
+    ## Warm-up, then cosine decay to zero
+
+    $\alpha_t = \alpha \frac{t}{w}$ for $t < w$, then
+    $\alpha_t = \frac{\alpha}{2}\big(1 + \cos(\pi \frac{t - w}{T - w})\big)$, which reaches $0$ at
+    the last step $T$ (labml_nn's `AdamWarmupCosineDecay` floors it at $0.1\alpha$).
+    """
+
+    def get_lr(self, state: Dict[str, any], group: Dict[str, any]):
+        if group['warmup'] > state['step']:
+            return 1e-8 + state['step'] * group['lr'] / group['warmup']
+        progress = min(1.0, (state['step'] - group['warmup']) / max(1, group['total_steps'] - group['warmup']))
+        return group['lr'] * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+@option(OptimizerConfigs.optimizer, 'AdamWarmupCosineToZero')
+def _adam_warmup_cosine_to_zero(c: OptimizerConfigs):
+    return AdamWarmupCosineToZero(c.parameters, lr=c.learning_rate, betas=c.betas, eps=c.eps,
+                                  weight_decay=c.weight_decay_obj, optimized_update=c.optimized_adam_update,
+                                  amsgrad=c.amsgrad, warmup=c.warmup, total_steps=c.total_steps)

@@ -1,0 +1,87 @@
+"""GPT-1 options (gpt_experiment.gpt1 and the model options): shape, parameter count, post-LN, tying, decay."""
+
+import math
+
+import torch
+from torch import nn
+
+from gpt_experiment.cli import load_yaml
+from gpt_experiment.gpt1 import AdamWarmupCosineToZero, PostLNTransformerLayer, decay_groups
+
+from conftest import REPO_ROOT, make_configs
+
+
+def test_gpt1_preset_counts_about_116_5m_parameters(project):
+    overrides = load_yaml(str(REPO_ROOT / 'configs' / 'gpt1.yaml'))
+    # GPT-1's vocabulary; the model is built without reading or tokenising any corpus.
+    overrides['n_tokens'] = 40478
+    model = make_configs(overrides).model
+    n = sum(p.numel() for p in model.parameters())
+    assert 116_400_000 < n < 116_700_000, f'{n:,} parameters'
+    # 512 learned positions, not labml_nn's 5000; tied embeddings; post-LN without a final norm
+    assert model.src_embed.positional_encodings.shape[0] == 512
+    assert model.generator.projection.weight is model.src_embed.linear.weight
+    assert all(isinstance(layer, PostLNTransformerLayer) for layer in model.encoder.layers)
+    assert isinstance(model.encoder.norm, nn.Identity)
+    assert model.embedding_dropout.p == 0.1
+
+
+def test_defaults_stay_the_labml_recipe(tiny_configs):
+    model = tiny_configs().model
+    assert model.generator.projection.weight is not model.src_embed.linear.weight
+    assert not isinstance(model.encoder.layers[0], PostLNTransformerLayer)
+    assert isinstance(model.encoder.norm, nn.LayerNorm)
+    assert model.embedding_dropout.p == 0.0
+
+
+def test_post_ln_layer_normalises_after_each_residual(tiny_configs):
+    conf = tiny_configs(**{'transformer.encoder_layer': 'post_ln'})
+    layer = conf.model.encoder.layers[0].eval()
+    x = torch.randn(5, 2, 32)
+    mask = torch.ones(5, 5, 1).tril().bool()
+    with torch.no_grad():
+        a = layer.norm_self_attn(x + layer.self_attn(query=x, key=x, value=x, mask=mask))
+        expected = layer.norm_ff(a + layer.feed_forward(a))
+        out = layer(x=x, mask=mask)
+    torch.testing.assert_close(out, expected)
+    # every position comes out normalised: mean 0, variance 1 over the features
+    torch.testing.assert_close(out.mean(-1), torch.zeros(5, 2), atol=1e-5, rtol=0)
+
+
+def test_tied_embeddings_share_one_trained_matrix(tiny_configs):
+    conf = tiny_configs(tie_embeddings=True)
+    model = conf.model
+    names = [n for n, _ in model.named_parameters()]
+    assert 'generator.projection.weight' not in names and 'src_embed.linear.weight' in names
+    x = torch.randint(0, conf.n_tokens, (conf.seq_len, 2))
+    logits, _ = model(x)
+    logits.sum().backward()
+    assert model.src_embed.linear.weight.grad is not None
+
+
+def test_matrices_decay_rule_takes_every_weight_but_biases_and_gains(tiny_configs):
+    conf = tiny_configs(**{'transformer.src_embed': 'learned_pos'})
+    model = conf.model
+    names = {id(p): n for n, p in model.named_parameters()}
+    decay, no_decay = decay_groups(model, 0.01, 'matrices')
+    decayed = {names[id(p)] for p in decay['params']}
+    assert 'src_embed.linear.weight' in decayed and 'src_embed.positional_encodings' in decayed
+    assert not any(n.endswith('bias') or 'norm' in n for n in decayed)
+    assert {names[id(p)] for p in no_decay['params']} == set(names.values()) - decayed
+    linear, _ = decay_groups(model, 0.01, 'linear')
+    assert 'src_embed.linear.weight' not in {names[id(p)] for p in linear['params']}
+    # and the option reaches the optimizer
+    opt = tiny_configs(weight_decay_params='matrices', weight_decay=0.01,
+                       **{'transformer.src_embed': 'learned_pos'}).optimizer
+    assert opt.param_groups[0]['weight_decay'] == 0.01
+    assert len(opt.param_groups[0]['params']) == len(decay['params'])
+
+
+def test_cosine_decays_to_zero():
+    p = nn.Parameter(torch.zeros(1))
+    opt = AdamWarmupCosineToZero([p], lr=1.0, warmup=10, total_steps=110)
+    group = opt.param_groups[0]
+    assert abs(opt.get_lr({'step': 5}, group) - 0.5) < 1e-6
+    assert abs(opt.get_lr({'step': 60}, group) - 0.5) < 1e-6
+    assert opt.get_lr({'step': 110}, group) < 1e-9
+    assert abs(opt.get_lr({'step': 35}, group) - 0.5 * (1 + math.cos(math.pi / 4))) < 1e-6
