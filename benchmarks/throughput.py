@@ -38,9 +38,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from labml import experiment, lab, monit, tracker  # noqa: E402
+from labml import experiment, lab, tracker  # noqa: E402
 
 from gpt_experiment import Configs  # noqa: E402
+from gpt_experiment.configs import compute_ahead  # noqa: E402
 from gpt_experiment.cli import check_overrides, overrides_from_args  # noqa: E402
 from gpt_experiment.train import project_path  # noqa: E402
 
@@ -175,29 +176,36 @@ def end_to_end(args, overrides: dict):
                  'compile': args.compile, 'transformer.encoder_attn': 'sdpa',
                  'optimizer.optimizer': 'ForeachAdamWarmupCosineDecay', 'is_save_models': False}
 
-    # The pure step rate of the same configs, on the same batches.
+    # The pure step rate of the same configs, on the same batches, before and after the trainer
+    # runs (the machine's speed drifts; the mean of the two brackets the trainer's run).
     conf = build(Configs, check_overrides(Configs, overrides))
-    times = []
-    for i, (x, y) in enumerate(conf.train_loader):
-        if i == args.warmup + args.steps:
-            break
-        start = time.perf_counter()
-        train_step(conf.train_model, conf.optimizer, conf.loss_func, x, y, conf.dtype, conf.grad_norm_clip)
-        _sync(conf.device)
-        if i >= args.warmup:
-            times.append(time.perf_counter() - start)
-    pure = x.numel() / statistics.median(times)
 
+    def pure_rate():
+        times = []
+        for i, (x, y) in enumerate(conf.train_loader):
+            if i == args.warmup + args.steps:
+                break
+            start = time.perf_counter()
+            train_step(conf.train_model, conf.optimizer, conf.loss_func, x, y, conf.dtype, conf.grad_norm_clip)
+            _sync(conf.device)
+            if i >= args.warmup:
+                times.append(time.perf_counter() - start)
+        return x.numel() / statistics.median(times)
+
+    before = pure_rate()
     # The trainer itself, tracking to sqlite.
     experiment.create(name='throughput_e2e', writers={'sqlite'}, python_file=project_path())
-    conf = TimedConfigs()
-    experiment.configs(conf, check_overrides(Configs, overrides))
-    experiment.add_pytorch_models({'model': conf.model})
+    timed = TimedConfigs()
+    experiment.configs(timed, check_overrides(Configs, overrides))
+    experiment.add_pytorch_models({'model': timed.model})
+    compute_ahead(timed)
     tracker.set_global_step(0)
-    with monit.section('Train'), experiment.start():
-        conf.run()
+    with experiment.start():
+        timed.run()
     trainer = tracker.get_global_step() / TimedConfigs._train_seconds
-    print(f'pure steps: {pure:,.0f} tokens/s')
+    after = pure_rate()
+    pure = (before + after) / 2
+    print(f'pure steps: {pure:,.0f} tokens/s (before {before:,.0f}, after {after:,.0f})')
     print(f'trainer:    {trainer:,.0f} tokens/s over {tracker.get_global_step():,} tokens')
     print(f'trainer/steps: {trainer / pure:.2f}')
 

@@ -142,7 +142,6 @@ class Configs(NLPAutoRegressionConfigs):
         tracker.set_text('sampled', False)
         if self.is_log_model_activations:
             hook_model_outputs(self.mode, self.model, 'model')
-        self.state_modules = []
 
     def step(self, batch, batch_idx: BatchIndex):
         """
@@ -332,6 +331,25 @@ def _grad_scaler(c: Configs):
     return torch.amp.GradScaler(c.device.type, enabled=c.dtype == torch.float16)
 
 
+@option(Configs.state_modules)
+def _no_state_modules():
+    """No state modules: accuracy is counted on the device by `step`."""
+    return []
+
+
+def compute_ahead(c: Configs):
+    """
+    Compute now every config that training reads. labml rewrites the run's `configs.yaml` (a
+    pure-Python YAML dump of every key, about a fifth of a second) each time a config is first
+    computed after `experiment.start()`; computed lazily, the first steps would pay for two
+    dozen of them. The loop count waits: it depends on the checkpoint a resumed run loads at
+    the start.
+    """
+    for key in dir(c):
+        if key not in ('loop_count', 'training_loop'):
+            getattr(c, key)
+
+
 @option(Configs.train_model)
 def _train_model(c: Configs):
     model = distributed.wrap(c.model)
@@ -360,6 +378,9 @@ def _transformer_configs(c: Configs) -> TransformerConfigs:
     conf.n_src_vocab = c.n_tokens
     conf.n_tgt_vocab = c.n_tokens
     conf.ffn.activation = 'GELU'
+    # labml_nn's attention on PyTorch's fused kernel: the same computation and parameters,
+    # faster (benchmarks/throughput.py); `transformer.encoder_attn=mha` is the stock module.
+    conf.encoder_attn = 'sdpa'
     return conf
 
 

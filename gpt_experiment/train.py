@@ -19,7 +19,7 @@ from labml import experiment, lab, tracker
 
 from . import checkpoints, cli, dashboard, distributed, summary, writers as writers_
 from . import resume as resume_state
-from .configs import Configs, check_configs
+from .configs import Configs, check_configs, compute_ahead
 from .errors import UserError
 
 
@@ -71,7 +71,7 @@ def main(overrides: Optional[Dict[str, Any]] = None, *, name: Optional[str] = No
         'training': checkpoints.TorchStateSaver('training', lambda: resume_state.training_state(conf),
                                                 lambda state: resume_state.load_training_state(conf, state)),
     })
-    _ = conf.optimizer
+    compute_ahead(conf)
     # labml's tracker is a process-wide singleton: a second run in the same process (a
     # notebook) starts counting from zero again, or from the checkpoint it resumes.
     tracker.set_global_step(step or 0)
