@@ -13,6 +13,7 @@ their names and shapes are the same: a checkpoint trained with one loads into th
 Select it with `transformer.encoder_attn=sdpa`.
 """
 
+from contextlib import contextmanager
 from typing import Optional
 
 import torch
@@ -27,12 +28,18 @@ class SDPAttention(MultiHeadAttention):
     def forward(self, *, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
                 mask: Optional[torch.Tensor] = None):
         """
-        Inputs are `[seq_len, batch_size, d_model]` and `mask` is labml's
+        Inputs are `[seq_len, batch_size, d_model]` (`[batch_size, seq_len, d_model]` inside
+        a `with batch_first():` block) and `mask` is labml's
         `[seq_len_q, seq_len_k, batch_size or 1]`, true where a query may see a key.
         """
-        seq_len, batch_size, _ = query.shape
-        # `[seq_len, batch_size, heads, d_k]` -> `[batch_size, heads, seq_len, d_k]`
-        q, k, v = (t.permute(1, 2, 0, 3) for t in (self.query(query), self.key(key), self.value(value)))
+        if _batch_first:
+            batch_size, seq_len, _ = query.shape
+        else:
+            seq_len, batch_size, _ = query.shape
+        q, k, v = self._project(query, key, value)
+        # `[.., .., heads, d_k]` -> `[batch_size, heads, seq_len, d_k]`: views, no copies
+        order = (0, 2, 1, 3) if _batch_first else (1, 2, 0, 3)
+        q, k, v = (t.permute(*order) for t in (q, k, v))
 
         attn_mask, is_causal = None, False
         if mask is not None:
@@ -45,9 +52,48 @@ class SDPAttention(MultiHeadAttention):
 
         x = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, is_causal=is_causal,
                                            dropout_p=self.dropout.p if self.training else 0.0)
-        # `[batch_size, heads, seq_len, d_k]` -> `[seq_len, batch_size, d_model]`
-        x = x.permute(2, 0, 1, 3).reshape(seq_len, batch_size, -1)
+        # `[batch_size, heads, seq_len, d_k]` back to the input's layout. The CPU and CUDA
+        # kernels return a `[batch_size, seq_len, heads, d_k]` tensor seen through a transpose,
+        # so batch-first this is a view and sequence-first a copy.
+        if _batch_first:
+            x = x.transpose(1, 2).reshape(batch_size, seq_len, -1)
+        else:
+            x = x.permute(2, 0, 1, 3).reshape(seq_len, batch_size, -1)
         return self.output(x)
+
+    def _project(self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor):
+        r"""
+        The query, key and value projections, split into heads: `[.., .., heads, d_k]`.
+        In self-attention the three read the same input, so one matrix product with the three
+        weights stacked, $x [W_q; W_k; W_v]^\top$, does the work of three smaller ones. The
+        parameters stay three `nn.Linear`s, as in labml_nn.
+        """
+        layers = (self.query.linear, self.key.linear, self.value.linear)
+        if query is key is value and all(layer.bias is not None for layer in layers):
+            weight = torch.cat([layer.weight for layer in layers])
+            bias = torch.cat([layer.bias for layer in layers])
+            qkv = F.linear(query, weight, bias).view(*query.shape[:-1], 3, self.heads, self.d_k)
+            return qkv.unbind(-3)
+        return self.query(query), self.key(key), self.value(value)
+
+
+# Whether `SDPAttention` takes batch-first inputs; only `batch_first()` changes it.
+_batch_first = False
+
+
+@contextmanager
+def batch_first():
+    """
+    Within this block, `SDPAttention` takes and returns `[batch_size, seq_len, d_model]`
+    tensors: the layout the fused kernel's own tensors have (see [model](model.html)).
+    Outside it, it is labml_nn's sequence-first layout, as for `MultiHeadAttention`.
+    """
+    global _batch_first
+    outer, _batch_first = _batch_first, True
+    try:
+        yield
+    finally:
+        _batch_first = outer
 
 
 _causal_masks = set()

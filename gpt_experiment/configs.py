@@ -35,7 +35,7 @@ from labml_nn.transformers import TransformerConfigs
 from . import attention, corpus, data, distributed, gpt1, sampling, tokenizers  # noqa: F401 (attention and gpt1 register options)
 from .errors import UserError
 from .model import GPT, crop_positions, init_weights
-from .optimizer import gpt_optimizer_configs
+from .optimizer import clip_grad_norm_, gpt_optimizer_configs
 
 # We replace labml_nn's `tiny_shakespeare` option with one that checks its input; labml warns
 # about the replacement each time a `Configs` is made.
@@ -167,7 +167,7 @@ class Configs(NLPAutoRegressionConfigs):
             self.grad_scaler.scale(loss).backward()
             # Clip the true gradients, not the scaled ones.
             self.grad_scaler.unscale_(self.optimizer)
-            torch.nn.utils.clip_grad_norm_(self.model.parameters(), max_norm=self.grad_norm_clip)
+            clip_grad_norm_(self.optimizer, self.model.parameters(), max_norm=self.grad_norm_clip)
             self.grad_scaler.step(self.optimizer)
             self.grad_scaler.update()
             if batch_idx.is_last and self.is_log_model_params_grads:

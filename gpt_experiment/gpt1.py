@@ -32,7 +32,7 @@ from labml_nn.optimizers.configs import OptimizerConfigs
 from labml_nn.transformers import TransformerConfigs
 from labml_nn.transformers.models import TransformerLayer
 
-from .optimizer import ForeachAdamWarmupCosineDecay
+from .optimizer import FusedAdamWarmupCosineDecay
 
 
 class PostLNTransformerLayer(TransformerLayer):
@@ -86,7 +86,7 @@ def decay_groups(model: nn.Module, weight_decay: float, rule: str) -> List[Dict]
     ]
 
 
-class AdamWarmupCosineToZero(ForeachAdamWarmupCosineDecay):
+class AdamWarmupCosineToZero(FusedAdamWarmupCosineDecay):
     r"""
     ## Warm-up, then cosine decay to zero
 

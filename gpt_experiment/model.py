@@ -29,6 +29,8 @@ from torch import nn
 from labml_nn.transformers import Encoder
 from labml_nn.transformers.utils import subsequent_mask
 
+from .attention import SDPAttention, batch_first
+
 
 class GPT(nn.Module):
     def __init__(self, encoder: Encoder, src_embed: nn.Module, generator: nn.Module, *,
@@ -45,13 +47,24 @@ class GPT(nn.Module):
         # The causal mask `[seq_len, seq_len, 1]` is built on first use and cached;
         # it is not a parameter nor a buffer, so it stays out of checkpoints.
         self.mask = None
+        # With fused attention in every layer, the encoder runs *batch first* (see below).
+        self.batch_first = all(isinstance(layer.self_attn, SDPAttention) for layer in encoder.layers)
 
     def forward(self, x: torch.Tensor):
         # `mask[i, j]` is true when position `i` may attend to position `j <= i`.
         if self.mask is None or self.mask.size(0) != len(x) or self.mask.device != x.device:
             self.mask = subsequent_mask(len(x)).to(x.device)
         x = self.embedding_dropout(self.src_embed(x))
-        x = self.encoder(x, self.mask)
+        if self.batch_first:
+            # The fused attention kernel works on `[batch, heads, seq, d_k]` views of
+            # `[batch, seq, heads, d_k]` tensors. Sequence first, every layer would copy its
+            # queries, keys, values, their gradients and its output between the two layouts;
+            # batch first, the encoder's input and output are transposed once. Layer norms,
+            # feed-forward networks and residual sums do not care which dimension comes first.
+            with batch_first():
+                x = self.encoder(x.transpose(0, 1).contiguous(), self.mask).transpose(0, 1)
+        else:
+            x = self.encoder(x, self.mask)
         # The second value is the recurrent state labml's trainer expects; a GPT has none.
         return self.generator(x), None
 

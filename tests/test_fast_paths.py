@@ -1,7 +1,7 @@
 """
 The fast paths compute what the stock ones compute: `sdpa` attention gives labml_nn's logits
-on the same weights, the foreach optimizer follows labml_nn's `AdamWarmupCosineDecay`, and
-bfloat16 autocast trains.
+on the same weights, in either layout; the foreach and fused optimizers follow labml_nn's
+`AdamWarmupCosineDecay`, with clipping folded into their step; and bfloat16 autocast trains.
 """
 
 import copy
@@ -12,7 +12,12 @@ import torch
 from labml_nn.optimizers import WeightDecay
 from labml_nn.optimizers.adam_warmup_cosine_decay import AdamWarmupCosineDecay
 
-from gpt_experiment.optimizer import ForeachAdamWarmupCosineDecay, parameter_groups
+from labml_nn.transformers.mha import MultiHeadAttention
+
+from gpt_experiment import optimizer as optimizers
+from gpt_experiment.attention import SDPAttention, batch_first
+from gpt_experiment.optimizer import (FusedAdamWarmupCosineDecay, ForeachAdamWarmupCosineDecay, clip_grad_norm_,
+                                      parameter_groups)
 from gpt_experiment.train import main
 
 from conftest import TINY, checkpoint_steps, make_configs, run_dirs
@@ -30,25 +35,104 @@ def test_sdpa_attention_matches_labml_mha_logits(tiny_configs):
         torch.testing.assert_close(fast(x)[0], stock(x)[0], rtol=0, atol=1e-5)
 
 
-@pytest.mark.parametrize('decouple', [True, False])
-def test_foreach_optimizer_follows_labml_adam_warmup_cosine_decay(decouple):
+def test_sdpa_attention_in_both_layouts_with_a_padding_mask():
+    torch.manual_seed(0)
+    stock = MultiHeadAttention(4, 32, dropout_prob=0.0).eval()
+    fast = SDPAttention(4, 32, dropout_prob=0.0).eval()
+    fast.load_state_dict(stock.state_dict())
+    x = torch.randn(6, 3, 32)
+    # Not causal: batch element 1 cannot see the last two positions.
+    mask = torch.ones(6, 6, 3, dtype=torch.bool)
+    mask[:, 4:, 1] = False
+    with torch.no_grad():
+        expected = stock(query=x, key=x, value=x, mask=mask)
+        torch.testing.assert_close(fast(query=x, key=x, value=x, mask=mask), expected, rtol=0, atol=1e-5)
+        with batch_first():
+            xb = x.transpose(0, 1)
+            torch.testing.assert_close(fast(query=xb, key=xb, value=xb, mask=mask), expected.transpose(0, 1),
+                                       rtol=0, atol=1e-5)
+        # Cross-attention (keys from another tensor) takes the three projections one by one.
+        y = torch.randn(6, 3, 32)
+        torch.testing.assert_close(fast(query=x, key=y, value=y, mask=mask), stock(query=x, key=y, value=y, mask=mask),
+                                   rtol=0, atol=1e-5)
+
+
+def test_gpt_runs_batch_first_only_when_every_layer_is_sdpa(tiny_configs):
+    assert tiny_configs(**{'transformer.encoder_attn': 'sdpa'}).model.batch_first
+    assert not tiny_configs(**{'transformer.encoder_attn': 'mha'}).model.batch_first
+
+
+def _train_pair(optimizer_class, decouple: bool, max_norm=None, steps=10, eps=1e-8):
+    """labml_nn's optimizer (and PyTorch's clipping) against `optimizer_class` from the same start."""
     torch.manual_seed(0)
     a = torch.nn.Sequential(torch.nn.Embedding(11, 16), torch.nn.Linear(16, 32), torch.nn.LayerNorm(32),
                             torch.nn.Linear(32, 11))
     b = copy.deepcopy(a)
-    kw = dict(lr=6e-4, betas=(0.9, 0.95), eps=1e-8, weight_decay=WeightDecay(0.1, decouple), warmup=4, total_steps=10)
+    kw = dict(lr=6e-4, betas=(0.9, 0.95), eps=eps, weight_decay=WeightDecay(0.1, decouple), warmup=4, total_steps=10)
     opt_a = AdamWarmupCosineDecay(parameter_groups(a, 0.1), **kw)
-    opt_b = ForeachAdamWarmupCosineDecay(parameter_groups(b, 0.1), **kw)
-    for _ in range(10):
+    opt_b = optimizer_class(parameter_groups(b, 0.1), **kw)
+    norms = []
+    for _ in range(steps):
         x = torch.randint(0, 11, (8,))
         for model, opt in ((a, opt_a), (b, opt_b)):
             model(x).logsumexp(-1).sum().backward()
+            if max_norm is not None:
+                norms.append(clip_grad_norm_(opt, model.parameters(), max_norm))
             opt.step()
             opt.zero_grad()
+    return a, b, opt_a, opt_b, norms
+
+
+@pytest.mark.parametrize('decouple', [True, False])
+def test_foreach_optimizer_follows_labml_adam_warmup_cosine_decay(decouple):
+    a, b, opt_a, opt_b, _ = _train_pair(ForeachAdamWarmupCosineDecay, decouple)
     for (name, pa), pb in zip(a.named_parameters(), b.parameters()):
         torch.testing.assert_close(pb, pa, rtol=1e-6, atol=0, msg=name)
     # The state has the same layout, so checkpoints of either optimizer load into the other.
     opt_a.load_state_dict(opt_b.state_dict())
+
+
+def _relative_error(a: torch.Tensor, b: torch.Tensor) -> float:
+    return ((b - a).norm() / a.norm()).item()
+
+
+# A large epsilon too, where how it enters the denominator shows.
+@pytest.mark.parametrize('decouple,eps', [(True, 1e-8), (False, 1e-8), (True, 1e-4)])
+def test_fused_optimizer_follows_labml_adam_warmup_cosine_decay(decouple, eps):
+    """
+    The fused kernel rounds differently (it interpolates the first moment, and divides
+    before adding epsilon), so it agrees with labml_nn to rounding rather than bit for bit:
+    within 1e-6 relative per parameter tensor, and within 2e-8 for every element.
+    """
+    a, b, opt_a, opt_b, _ = _train_pair(FusedAdamWarmupCosineDecay, decouple, eps=eps)
+    for (name, pa), pb in zip(a.named_parameters(), b.parameters()):
+        assert _relative_error(pa, pb) <= 1e-6, name
+        torch.testing.assert_close(pb, pa, rtol=1e-6, atol=2e-8, msg=name)
+    opt_a.load_state_dict(opt_b.state_dict())
+
+
+@pytest.mark.parametrize('optimizer_class', [ForeachAdamWarmupCosineDecay, FusedAdamWarmupCosineDecay])
+def test_clipping_folded_into_the_step_clips_like_pytorch(optimizer_class):
+    # A small max norm, so that every step clips.
+    a, b, _, _, norms = _train_pair(optimizer_class, True, max_norm=0.05)
+    stock_norms, our_norms = norms[0::2], norms[1::2]
+    assert min(stock_norms) > 0.05
+    torch.testing.assert_close(torch.stack(our_norms), torch.stack(stock_norms), rtol=1e-5, atol=0)
+    for (name, pa), pb in zip(a.named_parameters(), b.parameters()):
+        assert _relative_error(pa, pb) <= 1e-6, name
+    # Clipping changes the result: without it the parameters end elsewhere.
+    unclipped, *_ = _train_pair(optimizer_class, True)
+    assert any(_relative_error(pa, pu) > 1e-4 for pa, pu in zip(a.parameters(), unclipped.parameters()))
+
+
+def test_fused_optimizer_on_a_device_without_the_kernel_takes_the_foreach_path(monkeypatch):
+    calls = []
+    monkeypatch.setattr(optimizers, '_fused_devices', lambda: [])
+    monkeypatch.setattr(torch, '_fused_adam_', lambda *args, **kw: calls.append(1))
+    a, b, *_ = _train_pair(FusedAdamWarmupCosineDecay, True)
+    assert not calls
+    for (name, pa), pb in zip(a.named_parameters(), b.parameters()):
+        torch.testing.assert_close(pb, pa, rtol=1e-6, atol=0, msg=name)
 
 
 def test_bfloat16_and_foreach_options_train(project):
