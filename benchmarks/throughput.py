@@ -22,12 +22,14 @@ python benchmarks/throughput.py --shape small --end-to-end       # the trainer a
 ```
 
 `--end-to-end` runs the real trainer (`Configs.run()` with labml tracking on, sqlite writer)
-for one epoch of a slice of Tiny Shakespeare, and compares its tokens/s over the training
-stretches with the pure step rate of the same configs; the last line is
-`trainer/steps: X.XX`.
+for one epoch of a slice of Tiny Shakespeare, in ten training stretches. After each stretch it
+times bare steps of a twin of the same configs, so the two rates are taken under the same
+machine load; the last line is `trainer/steps: X.XX`, the median over the stretches of the
+trainer's tokens/s over the bare steps'.
 """
 
 import argparse
+import itertools
 import statistics
 import sys
 import time
@@ -151,18 +153,25 @@ def compare(args, overrides: dict):
 
 
 class TimedConfigs(Configs):
-    """The trainer, with the wall time of its training stretches added up."""
-    _train_seconds = 0.0
+    """
+    The trainer, timed over its training stretches. After each stretch, `_pure_rate` times a
+    few bare steps of a twin model, so that each trainer rate has a step rate measured under
+    the same machine load beside it.
+    """
+    _pure_rate = None
+    # `(trainer tokens/s, pure tokens/s)` per training stretch
+    _stretches = []
 
     def run_step(self):
         for _ in range(self.inner_iterations):
             with tracker.namespace('sample'):
                 self.sample()
-            start = time.perf_counter()
+            tokens, start = tracker.get_global_step(), time.perf_counter()
             with self.mode.update(is_train=True):
                 with tracker.namespace('train'):
                     self.trainer()
-            TimedConfigs._train_seconds += time.perf_counter() - start
+            rate = (tracker.get_global_step() - tokens) / (time.perf_counter() - start)
+            TimedConfigs._stretches.append((rate, TimedConfigs._pure_rate()))
             with tracker.namespace('valid'):
                 self.validator()
             tracker.save()
@@ -175,27 +184,26 @@ def end_to_end(args, overrides: dict):
         sys.exit(f'error: {source} is missing')
     text = Path('/tmp/gpt_experiment_e2e.txt')
     text.write_text(source.read_text()[:200_000])
-    overrides = {**overrides, 'text': str(text), 'epochs': 1, 'inner_iterations': 2, 'dtype': args.dtype,
-                 'compile': args.compile, 'transformer.encoder_attn': 'sdpa',
-                 'optimizer.optimizer': 'FusedAdamWarmupCosineDecay', 'is_save_models': False}
+    overrides = {**overrides, 'text': str(text), 'epochs': 1, 'inner_iterations': 10, 'dtype': args.dtype,
+                 'compile': args.compile, 'is_save_models': False}
 
-    # The pure step rate of the same configs, on the same batches, before and after the trainer
-    # runs (the machine's speed drifts; the mean of the two brackets the trainer's run).
-    conf = build(Configs, check_overrides(Configs, overrides))
+    # The twin: the same configs, its own model and optimizer, cycling over the same batches.
+    twin = build(Configs, check_overrides(Configs, overrides))
+    batches = itertools.cycle(list(twin.train_loader))
 
-    def pure_rate():
+    def pure_rate(steps=args.steps // 4):
         times = []
-        for i, (x, y) in enumerate(conf.train_loader):
-            if i == args.warmup + args.steps:
-                break
+        for _ in range(steps):
+            x, y = next(batches)
             start = time.perf_counter()
-            train_step(conf.train_model, conf.optimizer, conf.loss_func, x, y, conf.dtype, conf.grad_norm_clip)
-            _sync(conf.device)
-            if i >= args.warmup:
-                times.append(time.perf_counter() - start)
+            train_step(twin.train_model, twin.optimizer, twin.loss_func, x, y, twin.dtype, twin.grad_norm_clip)
+            _sync(twin.device)
+            times.append(time.perf_counter() - start)
         return x.numel() / statistics.median(times)
 
-    before = pure_rate()
+    for _ in range(args.warmup):
+        pure_rate(1)
+    TimedConfigs._pure_rate = pure_rate
     # The trainer itself, tracking to sqlite.
     experiment.create(name='throughput_e2e', writers={'sqlite'}, python_file=project_path())
     timed = TimedConfigs()
@@ -205,12 +213,13 @@ def end_to_end(args, overrides: dict):
     tracker.set_global_step(0)
     with experiment.start():
         timed.run()
-    trainer = tracker.get_global_step() / TimedConfigs._train_seconds
-    after = pure_rate()
-    pure = (before + after) / 2
-    print(f'pure steps: {pure:,.0f} tokens/s (before {before:,.0f}, after {after:,.0f})')
-    print(f'trainer:    {trainer:,.0f} tokens/s over {tracker.get_global_step():,} tokens')
-    print(f'trainer/steps: {trainer / pure:.2f}')
+    trainer, pure = zip(*TimedConfigs._stretches)
+    print(f'pure steps: {statistics.median(pure):,.0f} tokens/s (median over {len(pure)} samples)')
+    print(f'trainer:    {statistics.median(trainer):,.0f} tokens/s (median over {len(trainer)} training stretches, '
+          f'{tracker.get_global_step():,} tokens)')
+    ratios = [t / p for t, p in TimedConfigs._stretches]
+    print('per stretch: ' + ' '.join(f'{r:.2f}' for r in ratios))
+    print(f'trainer/steps: {statistics.median(ratios):.2f}')
 
 
 def main():

@@ -49,8 +49,8 @@ def gpt_optimizer_configs(model: nn.Module, *, weight_decay: float, learning_rat
     """
     conf = OptimizerConfigs()
     conf.parameters = parameter_groups(model, weight_decay)
-    # labml_nn's `AdamWarmupCosineDecay` on multi-tensor kernels (below): the same update, in
-    # fewer operations; `optimizer.optimizer=AdamWarmupCosineDecay` is the stock one.
+    # labml_nn's `AdamWarmupCosineDecay` on PyTorch's fused Adam kernel (below): the same
+    # update in one pass per tensor; `optimizer.optimizer=AdamWarmupCosineDecay` is the stock one.
     conf.optimizer = 'FusedAdamWarmupCosineDecay'
     conf.learning_rate = learning_rate
     conf.betas = (0.9, 0.95)
