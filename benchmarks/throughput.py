@@ -5,8 +5,10 @@ In one process, on the same shape, batch and data, this times whole training ste
 loss, backward, gradient clipping, optimizer step) of
 
 * **stock**: labml_nn's own GPT recipe (`labml_nn.transformers.gpt`: its `GPT` class,
-  `MultiHeadAttention`, `AdamWarmupCosineDecay`), in fp32, and
-* **fast**: `gpt_experiment.Configs` with `sdpa` attention, the foreach optimizer and the
+  `MultiHeadAttention`, `AdamWarmupCosineDecay`, `torch.nn.utils.clip_grad_norm_`), in
+  fp32, and
+* **fast**: `gpt_experiment.Configs` as the trainer runs it: `sdpa` attention with the
+  encoder batch first, the fused optimizer with clipping folded into its step, and the
   requested `--dtype` / `--compile`,
 
 alternating one stock step and one fast step so that both see the same machine load. For
