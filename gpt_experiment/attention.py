@@ -44,7 +44,8 @@ class SDPAttention(MultiHeadAttention):
         attn_mask, is_causal = None, False
         if mask is not None:
             # A GPT's mask is lower-triangular; the fused kernel then needs no mask at all.
-            if mask.shape[0] == mask.shape[1] == k.shape[2] and mask.shape[2] == 1 and _is_causal(mask):
+            if mask is _causal_mask or (mask.shape[0] == mask.shape[1] == k.shape[2] and mask.shape[2] == 1
+                                        and _is_causal(mask)):
                 is_causal = True
             else:
                 # `[seq_q, seq_k, batch]` -> `[batch, 1, seq_q, seq_k]`, broadcast over heads
@@ -77,23 +78,29 @@ class SDPAttention(MultiHeadAttention):
         return self.query(query), self.key(key), self.value(value)
 
 
-# Whether `SDPAttention` takes batch-first inputs; only `batch_first()` changes it.
+# Whether `SDPAttention` takes batch-first inputs, and a mask its caller knows is causal;
+# only `batch_first()` changes them.
 _batch_first = False
+_causal_mask = None
 
 
 @contextmanager
-def batch_first():
+def batch_first(causal_mask: Optional[torch.Tensor] = None):
     """
     Within this block, `SDPAttention` takes and returns `[batch_size, seq_len, d_model]`
     tensors: the layout the fused kernel's own tensors have (see [model](model.html)).
     Outside it, it is labml_nn's sequence-first layout, as for `MultiHeadAttention`.
+
+    `causal_mask` is a mask the caller built lower-triangular, so attention need not look
+    at its values to know it: a look that `torch.compile` cannot put in a graph.
     """
-    global _batch_first
-    outer, _batch_first = _batch_first, True
+    global _batch_first, _causal_mask
+    outer = _batch_first, _causal_mask
+    _batch_first, _causal_mask = True, causal_mask
     try:
         yield
     finally:
-        _batch_first = outer
+        _batch_first, _causal_mask = outer
 
 
 _causal_masks = set()

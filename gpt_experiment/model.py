@@ -23,10 +23,13 @@ Options of the GPT-1 paper (see [gpt1](gpt1.html)) that live here:
 Tensors are *sequence first*, `[seq_len, batch_size]`, as everywhere in labml_nn.
 """
 
+import math
+
 import torch
 from torch import nn
 
 from labml_nn.transformers import Encoder
+from labml_nn.transformers.models import EmbeddingsWithLearnedPositionalEncoding, EmbeddingsWithPositionalEncoding
 from labml_nn.transformers.utils import subsequent_mask
 
 from .attention import SDPAttention, batch_first
@@ -54,19 +57,30 @@ class GPT(nn.Module):
         # `mask[i, j]` is true when position `i` may attend to position `j <= i`.
         if self.mask is None or self.mask.size(0) != len(x) or self.mask.device != x.device:
             self.mask = subsequent_mask(len(x)).to(x.device)
-        x = self.embedding_dropout(self.src_embed(x))
         if self.batch_first:
             # The fused attention kernel works on `[batch, heads, seq, d_k]` views of
             # `[batch, seq, heads, d_k]` tensors. Sequence first, every layer would copy its
             # queries, keys, values, their gradients and its output between the two layouts;
-            # batch first, the encoder's input and output are transposed once. Layer norms,
-            # feed-forward networks and residual sums do not care which dimension comes first.
-            with batch_first():
-                x = self.encoder(x.transpose(0, 1).contiguous(), self.mask).transpose(0, 1)
+            # batch first, only the encoder's output is transposed. Layer norms, feed-forward
+            # networks and residual sums do not care which dimension comes first.
+            with batch_first(causal_mask=self.mask):
+                x = self.encoder(self.embedding_dropout(self._embed_batch_first(x)), self.mask).transpose(0, 1)
         else:
-            x = self.encoder(x, self.mask)
+            x = self.encoder(self.embedding_dropout(self.src_embed(x)), self.mask)
         # The second value is the recurrent state labml's trainer expects; a GPT has none.
         return self.generator(x), None
+
+    def _embed_batch_first(self, x: torch.Tensor) -> torch.Tensor:
+        r"""
+        `[batch_size, seq_len, d_model]` embeddings of `[seq_len, batch_size]` tokens. labml_nn's
+        embeddings compute $\sqrt{d_{model}} W_e[x] + p$; here the tokens are transposed rather
+        than the result, and the scale and the sum are one operation.
+        """
+        e = self.src_embed
+        if type(e) in (EmbeddingsWithLearnedPositionalEncoding, EmbeddingsWithPositionalEncoding):
+            pe = e.positional_encodings[:x.shape[0]].transpose(0, 1)
+            return torch.add(pe, e.linear(x.t()), alpha=math.sqrt(e.d_model))
+        return e(x).transpose(0, 1).contiguous()
 
 
 def crop_positions(src_embed: nn.Module, seq_len: int) -> nn.Module:

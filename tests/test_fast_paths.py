@@ -23,10 +23,19 @@ from gpt_experiment.train import main
 from conftest import TINY, checkpoint_steps, make_configs, run_dirs
 
 
-def test_sdpa_attention_matches_labml_mha_logits(tiny_configs):
-    stock = tiny_configs(**{'transformer.n_layers': 2, 'transformer.encoder_attn': 'mha'}).model
-    fast = tiny_configs(**{'transformer.n_layers': 2, 'transformer.encoder_attn': 'sdpa'}).model
+# Each of labml_nn's embeddings: the batch-first encoder embeds the tokens itself for the first two.
+@pytest.mark.parametrize('src_embed', ['learned_pos', 'fixed_pos', 'no_pos'])
+def test_sdpa_attention_matches_labml_mha_logits(tiny_configs, src_embed):
+    stock = tiny_configs(**{'transformer.n_layers': 2, 'transformer.encoder_attn': 'mha',
+                            'transformer.src_embed': src_embed}).model
+    fast = tiny_configs(**{'transformer.n_layers': 2, 'transformer.encoder_attn': 'sdpa',
+                           'transformer.src_embed': src_embed}).model
     assert type(fast.encoder.layers[0].self_attn).__name__ == 'SDPAttention'
+    with torch.no_grad():
+        for name, p in stock.named_parameters():
+            if 'positional' in name:
+                # Learned positions start at zero, where a wrong layout would not show.
+                p.normal_()
     # Same parameter names and shapes: a checkpoint of one loads into the other.
     fast.load_state_dict(stock.state_dict())
     stock.eval(), fast.eval()
@@ -57,19 +66,33 @@ def test_sdpa_attention_in_both_layouts_with_a_padding_mask():
                                    rtol=0, atol=1e-5)
 
 
+def test_the_sdpa_gpt_is_one_graph_for_torch_compile(tiny_configs):
+    """
+    `compile=true` pays off only if `torch.compile` sees the whole forward pass as one graph:
+    a graph break (the causal-mask check reading the mask's values was one) splits it.
+    """
+    model = tiny_configs(**{'transformer.n_layers': 2, 'transformer.encoder_attn': 'sdpa'}).model
+    torch._dynamo.reset()
+    explained = torch._dynamo.explain(model)(torch.randint(0, 20, (16, 3)))
+    assert explained.graph_break_count == 0, [b.reason for b in explained.break_reasons]
+    assert explained.graph_count == 1
+
+
 def test_gpt_runs_batch_first_only_when_every_layer_is_sdpa(tiny_configs):
     assert tiny_configs(**{'transformer.encoder_attn': 'sdpa'}).model.batch_first
     assert not tiny_configs(**{'transformer.encoder_attn': 'mha'}).model.batch_first
 
 
-def _train_pair(optimizer_class, decouple: bool, max_norm=None, steps=10, eps=1e-8):
+def _train_pair(optimizer_class, decouple: bool, max_norm=None, steps=10, eps=1e-8, absolute=False,
+                stock_class=AdamWarmupCosineDecay):
     """labml_nn's optimizer (and PyTorch's clipping) against `optimizer_class` from the same start."""
     torch.manual_seed(0)
     a = torch.nn.Sequential(torch.nn.Embedding(11, 16), torch.nn.Linear(16, 32), torch.nn.LayerNorm(32),
                             torch.nn.Linear(32, 11))
     b = copy.deepcopy(a)
-    kw = dict(lr=6e-4, betas=(0.9, 0.95), eps=eps, weight_decay=WeightDecay(0.1, decouple), warmup=4, total_steps=10)
-    opt_a = AdamWarmupCosineDecay(parameter_groups(a, 0.1), **kw)
+    kw = dict(lr=6e-4, betas=(0.9, 0.95), eps=eps, weight_decay=WeightDecay(0.1, decouple, absolute), warmup=4,
+              total_steps=10)
+    opt_a = stock_class(parameter_groups(a, 0.1), **kw)
     opt_b = optimizer_class(parameter_groups(b, 0.1), **kw)
     norms = []
     for _ in range(steps):
@@ -105,10 +128,34 @@ def test_fused_optimizer_follows_labml_adam_warmup_cosine_decay(decouple, eps):
     within 1e-6 relative per parameter tensor, and within 2e-8 for every element.
     """
     a, b, opt_a, opt_b, _ = _train_pair(FusedAdamWarmupCosineDecay, decouple, eps=eps)
+    _assert_follows(a, b)
+    opt_a.load_state_dict(opt_b.state_dict())
+
+
+def _assert_follows(a, b):
     for (name, pa), pb in zip(a.named_parameters(), b.parameters()):
         assert _relative_error(pa, pb) <= 1e-6, name
         torch.testing.assert_close(pb, pa, rtol=1e-6, atol=2e-8, msg=name)
-    opt_a.load_state_dict(opt_b.state_dict())
+
+
+def _zero_lr_on_odd_steps(optimizer_class):
+    class ZeroOnOddSteps(optimizer_class):
+        def get_lr(self, state, group):
+            return 0.0 if state['step'] % 2 else super().get_lr(state, group)
+    return ZeroOnOddSteps
+
+
+def test_fused_optimizer_decays_like_labml_with_an_absolute_rate_and_at_a_zero_learning_rate():
+    """
+    Decoupled decay runs inside the AdamW kernel with its rate divided by the scheduled
+    learning rate; an absolute rate, and a step whose learning rate is zero (where it cannot
+    be divided), must decay the parameters as labml_nn does.
+    """
+    a, b, *_ = _train_pair(FusedAdamWarmupCosineDecay, True, absolute=True)
+    _assert_follows(a, b)
+    a, b, *_ = _train_pair(_zero_lr_on_odd_steps(FusedAdamWarmupCosineDecay), True,
+                           stock_class=_zero_lr_on_odd_steps(AdamWarmupCosineDecay))
+    _assert_follows(a, b)
 
 
 @pytest.mark.parametrize('optimizer_class', [ForeachAdamWarmupCosineDecay, FusedAdamWarmupCosineDecay])
@@ -129,6 +176,7 @@ def test_fused_optimizer_on_a_device_without_the_kernel_takes_the_foreach_path(m
     calls = []
     monkeypatch.setattr(optimizers, '_fused_devices', lambda: [])
     monkeypatch.setattr(torch, '_fused_adam_', lambda *args, **kw: calls.append(1))
+    monkeypatch.setattr(torch, '_fused_adamw_', lambda *args, **kw: calls.append(1))
     a, b, *_ = _train_pair(FusedAdamWarmupCosineDecay, True)
     assert not calls
     for (name, pa), pb in zip(a.named_parameters(), b.parameters()):
