@@ -182,7 +182,7 @@ class ForeachAdamWarmupCosineDecay(AdamWarmupCosineDecay):
 
 class FusedAdamWarmupCosineDecay(ForeachAdamWarmupCosineDecay):
     r"""
-    ## The same optimizer on PyTorch's fused Adam kernel
+    ## The same optimizer on PyTorch's fused Adam kernels
 
     `torch._fused_adam_` (the kernel behind `torch.optim.Adam(fused=True)`, on CPU and CUDA)
     does the moment updates and the parameter update of every tensor of a group in one call,
