@@ -159,7 +159,9 @@ class Configs(NLPAutoRegressionConfigs):
 
         with self.mode.update(is_log_activations=batch_idx.is_last and self.is_log_model_activations), \
                 torch.autocast(self.device.type, dtype=self.dtype, enabled=self.dtype != torch.float32):
-            output, *_ = self.train_model(data)
+            # Validation runs the plain module: compiled, it would be another graph to compile
+            # (without gradients) for a small share of the time.
+            output, *_ = (self.train_model if self.mode.is_train else self.model)(data)
             loss = self.loss_func(output, target)
         self._accumulate(loss, output, target)
 
@@ -353,7 +355,9 @@ def compute_ahead(c: Configs):
 @option(Configs.train_model)
 def _train_model(c: Configs):
     model = distributed.wrap(c.model)
-    return torch.compile(model) if c.compile else model
+    # Static shapes: an epoch's last, smaller batch gets a graph of its own, rather than
+    # turning every step's graph into a slower dynamic-shape one.
+    return torch.compile(model, dynamic=False) if c.compile else model
 
 
 @option(Configs.loop_count)

@@ -55,18 +55,24 @@ class GPT(nn.Module):
 
     def forward(self, x: torch.Tensor):
         # `mask[i, j]` is true when position `i` may attend to position `j <= i`.
-        if self.mask is None or self.mask.size(0) != len(x) or self.mask.device != x.device:
-            self.mask = subsequent_mask(len(x)).to(x.device)
+        if torch.compiler.is_compiling():
+            # Inside a `torch.compile` graph the mask is built, not read from `self.mask`:
+            # sampling resets that to other lengths, and each reset would recompile the graph.
+            mask = subsequent_mask(len(x)).to(x.device)
+        else:
+            if self.mask is None or self.mask.size(0) != len(x) or self.mask.device != x.device:
+                self.mask = subsequent_mask(len(x)).to(x.device)
+            mask = self.mask
         if self.batch_first:
             # The fused attention kernel works on `[batch, heads, seq, d_k]` views of
             # `[batch, seq, heads, d_k]` tensors. Sequence first, every layer would copy its
             # queries, keys, values, their gradients and its output between the two layouts;
             # batch first, only the encoder's output is transposed. Layer norms, feed-forward
             # networks and residual sums do not care which dimension comes first.
-            with batch_first(causal_mask=self.mask):
-                x = self.encoder(self.embedding_dropout(self._embed_batch_first(x)), self.mask).transpose(0, 1)
+            with batch_first(causal_mask=mask):
+                x = self.encoder(self.embedding_dropout(self._embed_batch_first(x)), mask).transpose(0, 1)
         else:
-            x = self.encoder(self.embedding_dropout(self.src_embed(x)), self.mask)
+            x = self.encoder(self.embedding_dropout(self.src_embed(x)), mask)
         # The second value is the recurrent state labml's trainer expects; a GPT has none.
         return self.generator(x), None
 

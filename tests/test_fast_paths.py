@@ -78,6 +78,20 @@ def test_the_sdpa_gpt_is_one_graph_for_torch_compile(tiny_configs):
     assert explained.graph_count == 1
 
 
+def test_sampling_between_compiled_steps_does_not_recompile(tiny_configs):
+    """Sampling calls the plain module on other lengths; the compiled graph must not depend on that."""
+    from torch._dynamo.testing import CompileCounter
+    model = tiny_configs(**{'transformer.encoder_attn': 'sdpa'}).model
+    torch._dynamo.reset()
+    counter = CompileCounter()
+    compiled = torch.compile(model, backend=counter, dynamic=False)
+    x = torch.randint(0, 20, (16, 3))
+    expected = compiled(x)[0]
+    model(x[:5])
+    torch.testing.assert_close(compiled(x)[0], expected)
+    assert counter.frame_count == 1
+
+
 def test_gpt_runs_batch_first_only_when_every_layer_is_sdpa(tiny_configs):
     assert tiny_configs(**{'transformer.encoder_attn': 'sdpa'}).model.batch_first
     assert not tiny_configs(**{'transformer.encoder_attn': 'mha'}).model.batch_first
