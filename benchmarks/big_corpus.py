@@ -11,7 +11,7 @@ python benchmarks/big_corpus.py /tmp/big.txt --tokenizer bpe
 ```
 
 Make a 500 MB test file (never commit it) with:
-`python -c "import sys; t=open('data/tiny_shakespeare.txt').read(); open('/tmp/big.txt','w').write(t * 470)"`.
+`python -c "import gzip; t=gzip.open('gpt_experiment/data/tiny_shakespeare.txt.gz').read(); open('/tmp/big.txt','wb').write(t * 470)"`.
 Delete `/tmp/big.txt.cache/` to time the tokenising again.
 """
 

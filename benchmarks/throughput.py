@@ -42,13 +42,12 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from labml import experiment, lab, tracker  # noqa: E402
+from labml import experiment, tracker  # noqa: E402
 
-from gpt_experiment import Configs  # noqa: E402
-from gpt_experiment.configs import compute_ahead  # noqa: E402
+from gpt_experiment import Configs, corpus  # noqa: E402
 from gpt_experiment.optimizer import clip_grad_norm_  # noqa: E402
 from gpt_experiment.cli import check_overrides, overrides_from_args  # noqa: E402
-from gpt_experiment.train import project_path  # noqa: E402
+from gpt_experiment.train import compute_ahead, project_path  # noqa: E402
 
 SHAPES = {
     'small': dict(n_layers=4, d_model=128, n_heads=4, d_ff=512, seq_len=64, batch=12, dropout=0.0),
@@ -181,11 +180,9 @@ class TimedConfigs(Configs):
 
 def end_to_end(args, overrides: dict):
     # One epoch over the first 200k characters of Tiny Shakespeare.
-    source = lab.get_data_path() / 'tiny_shakespeare.txt'
-    if not source.exists():
-        sys.exit(f'error: {source} is missing')
+    source, = corpus.tiny_shakespeare().parts
     text = Path('/tmp/gpt_experiment_e2e.txt')
-    text.write_text(source.read_text()[:200_000])
+    text.write_bytes(source.open().read()[:200_000])
     overrides = {**overrides, 'text': str(text), 'epochs': 1, 'inner_iterations': 10, 'dtype': args.dtype,
                  'compile': args.compile, 'is_save_models': False}
 

@@ -9,8 +9,8 @@ training/validation loop, loss, accuracy, periodic samples) and adds, as `@optio
 * `model`: the [GPT](model.html) with N(0, 0.02) initialisation;
 * `optimizer`: the minGPT weight-decay groups on `AdamWarmupCosineDecay`
   ([optimizer](optimizer.html));
-* `text`, `train_loader`, `valid_loader`: [data](data.html) that checks what it reads and
-  cuts batches by index.
+* `text`: a [corpus](corpus.html), read, checked, split and tokenised; `train_loader` and
+  `valid_loader`: [batches](batches.html) cut from it by index.
 
 The training step is labml_nn's, with its metrics kept on the device ([metrics](metrics.html)).
 Values are checked in [checks](checks.html), and what labml does not offer publicly is in
@@ -23,10 +23,9 @@ defaults are the labml GPT recipe on Tiny Shakespeare.
 import signal
 import warnings
 
-import numpy as np
 import torch
 
-from labml import experiment, lab, logger, monit, tracker
+from labml import experiment, logger, monit, tracker
 from labml.configs import option
 from labml.logger import Text
 from labml_helpers.device import DeviceConfigs
@@ -35,15 +34,15 @@ from labml_nn.experiments.nlp_autoregression import NLPAutoRegressionConfigs
 from labml_nn.optimizers.configs import OptimizerConfigs
 from labml_nn.transformers import TransformerConfigs
 
-from . import attention, corpus, data, distributed, gpt1, labml_glue, sampling, tokenizers  # noqa: F401 (attention and gpt1 register options)
+from . import attention, batches, corpus, distributed, gpt1, labml_glue, sampling, tokenizers  # noqa: F401 (attention and gpt1 register options)
 from .errors import UserError
 from .metrics import StepMetrics
 from .model import GPT, crop_positions, init_weights
 from .optimizer import (DecayRule, clip_grad_norm_, decay_groups, gpt_optimizer_configs, linear_weights,
                         matrix_weights)
 
-# We replace labml_nn's `tiny_shakespeare` option with one that checks its input; labml warns
-# about the replacement each time a `Configs` is made.
+# We replace labml_nn's `tiny_shakespeare` option (a download into `data/`) with the copy in
+# the package; labml warns about the replacement each time a `Configs` is made.
 warnings.filterwarnings('ignore', message='Overriding option for text: tiny_shakespeare')
 
 
@@ -130,6 +129,16 @@ class Configs(NLPAutoRegressionConfigs):
     # Whole epochs trained (saved in checkpoints, for resume)
     _epochs_done = 0
 
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        # labml_nn's options that cannot work here are not offered: `basic_english` needs
+        # torchtext (whose import is broken with this torch), and labml_nn's loaders read the
+        # text of `TextDataset`, which our corpus is not.
+        for key, name in (('tokenizer', 'basic_english'), ('train_loader', 'sequential_train_loader'),
+                          ('train_loader', 'shuffled_train_loader'), ('valid_loader', 'sequential_valid_loader'),
+                          ('valid_loader', 'shuffled_valid_loader')):
+            labml_glue.withdraw_option(self, key, name)
+
     def init(self):
         """
         labml_nn's set-up without its `Accuracy` state module (we count accuracy on the device)
@@ -209,7 +218,7 @@ class Configs(NLPAutoRegressionConfigs):
         n_params = sum(p.numel() for p in self.model.parameters())
         logger.log([('Model parameters: ', Text.key), (f'{n_params:,}', Text.value)])
         # The tokenizer goes with the run, for `generate`.
-        tokenizers.save(corpus.tokenizer_of(self.text), labml_glue.run_path())
+        tokenizers.save(self.text.tokenizer, labml_glue.run_path())
         with monit.section('Initialize'):
             self.init()
         _ = self.validator
@@ -367,18 +376,17 @@ def _bpe(c: Configs):
 
 
 @option(Configs.text, 'tiny_shakespeare')
-def tiny_shakespeare(c: Configs):
+def tiny_shakespeare(c: Configs) -> corpus.Corpus:
     """
     ### Tiny Shakespeare
 
-    At labml's data path (`data/` beside `.labml.yaml`), downloaded when absent.
+    The copy that ships with the package ([corpus](corpus.html)): no download, no `data/`.
     """
-    path = data.fetch_tiny_shakespeare(lab.get_data_path() / 'tiny_shakespeare.txt')
-    return corpus.load(path, c.tokenizer, seq_len=c.seq_len)
+    return corpus.load(corpus.tiny_shakespeare(), c.tokenizer, seq_len=c.seq_len)
 
 
 @option(Configs.text, 'file')
-def text_file(c: Configs):
+def text_file(c: Configs) -> corpus.Corpus:
     """
     ### A text file or a folder of `.txt` files
 
@@ -386,28 +394,18 @@ def text_file(c: Configs):
     """
     if not c.text_file:
         raise UserError('text=file needs a path: text=<file or folder>')
-    valid = c.valid_text_file or None
-    return corpus.load(c.text_file, c.tokenizer, seq_len=c.seq_len, valid_path=valid)
+    valid = corpus.source(c.valid_text_file) if c.valid_text_file else None
+    return corpus.load(corpus.source(c.text_file), c.tokenizer, seq_len=c.seq_len, valid_src=valid)
 
 
 @option(Configs.train_loader, 'shuffled_windows')
 def _train_loader(c: Configs):
-    return _shuffled_windows(c, 'train', seed=c.seed)
+    return batches.shuffled_windows(c.text.train, batch_size=c.batch_size, seq_len=c.seq_len,
+                                    device=c.device, seed=c.seed)
 
 
 @option(Configs.valid_loader, 'shuffled_windows')
 def _valid_loader(c: Configs):
-    return _shuffled_windows(c, 'valid', seed=c.seed + 1)
-
-
-def _shuffled_windows(c: Configs, split: str, *, seed: int) -> data.ShuffledWindows:
-    """
-    Batches of a split. A memory-mapped token file stays on disk and only batches move to the
-    device; the order has its own seeded generator (saved in checkpoints), and each process of
-    a distributed run keeps its slice of every batch.
-    """
-    tokens = corpus.split_tokens(c.text, split)
-    tokens = tokens if isinstance(tokens, np.ndarray) else tokens.to(c.device)
-    w = distributed.world()
-    return data.ShuffledWindows(tokens, batch_size=c.batch_size, seq_len=c.seq_len, device=c.device,
-                                generator=torch.Generator().manual_seed(seed), rank=w.rank, world_size=w.size)
+    # Its own generator, so that validation does not move the training order
+    return batches.shuffled_windows(c.text.valid, batch_size=c.batch_size, seq_len=c.seq_len,
+                                    device=c.device, seed=c.seed + 1)

@@ -32,7 +32,7 @@ import torch
 
 from labml import experiment, lab
 
-from . import sampling, tokenizers
+from . import corpus, sampling, tokenizers
 from .errors import UserError
 from .train import project_path
 
@@ -116,7 +116,7 @@ def run(argv: List[str]) -> int:
             raise UserError('--max-new-tokens and --num-samples must be at least 1')
         if args.prompt_file is not None:
             try:
-                prompt = Path(args.prompt_file).read_text(encoding='utf-8')
+                prompt = corpus.regular_file(args.prompt_file).read_text(encoding='utf-8')
             except (OSError, UnicodeDecodeError) as e:
                 raise UserError(f'cannot read prompt file {args.prompt_file}: {e}') from None
         else:

@@ -7,7 +7,6 @@ labml release breaks one module: each function says what it reaches into and why
 outside this module imports `labml.internal` or reads a name-mangled field.
 """
 
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Dict, Optional, Tuple
 
@@ -106,3 +105,13 @@ def close_training_loop():
     monit.finish_loop()
     tracker.save()
     tracker.new_line()
+
+
+def withdraw_option(configs: BaseConfigs, key: str, name: str):
+    """
+    Take option `name` of `key` off one configs object, as if it had never been registered:
+    for an option of a base class (labml_nn's) that cannot work here. labml has no public way
+    to remove one, and changing the base class would change it for every user of labml_nn.
+    """
+    types, defaults, options, aggregates = configs_registry(configs)
+    options.get(key, {}).pop(name, None)

@@ -51,14 +51,9 @@ from labml_nn.transformers.mha import MultiHeadAttention
 from .errors import UserError
 
 
-def _tokenizer(text):
-    from .corpus import tokenizer_of
-    return tokenizer_of(text)
-
-
 def check_prompt(prompt: str, text):
     """Refuse a prompt with tokens that the vocabulary lacks, naming them."""
-    missing = _tokenizer(text).unknown(prompt)
+    missing = text.tokenizer.unknown(prompt)
     if missing:
         raise UserError(f'prompt {prompt!r} has tokens that are not in the vocabulary: '
                         + ' '.join(repr(t) for t in missing))
@@ -73,7 +68,7 @@ def greedy_continuation(model: nn.Module, text, prompt: str, *,
     from .tokenizers import StreamDecoder
     was_training = model.training
     model.eval()
-    decoder = StreamDecoder(_tokenizer(text))
+    decoder = StreamDecoder(text.tokenizer)
     ids = text.text_to_i(prompt).to(device)
     out = []
     for _ in range(n_tokens):

@@ -28,6 +28,14 @@ def test_config_keys_include_nested_configs(keys):
     assert {'fixed_pos', 'learned_pos'} <= set(keys['transformer.src_embed'].options)
 
 
+def test_only_working_tokenizers_and_loaders_are_offered(keys):
+    # labml_nn's basic_english needs torchtext; its loaders read a TextDataset
+    assert keys['tokenizer'].options == ['character', 'bpe']
+    assert keys['train_loader'].options == keys['valid_loader'].options == ['shuffled_windows']
+    with pytest.raises(UserError, match="tokenizer='basic_english' is not a registered option"):
+        check_overrides(Configs, {'tokenizer': 'basic_english'})
+
+
 @pytest.mark.parametrize('key, value, expected', [
     ('transformer.n_layers', '2', 2),
     ('epochs', '+3', 3),

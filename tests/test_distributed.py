@@ -63,7 +63,7 @@ def test_two_processes_match_one(tmp_path, monkeypatch):
 
 
 def test_ranks_split_every_batch_of_the_same_order():
-    from gpt_experiment.data import ShuffledWindows
+    from gpt_experiment.batches import ShuffledWindows
     tokens = torch.arange(1000)
 
     def batches(rank, world_size, seed=5):

@@ -137,10 +137,15 @@ BAD_INPUT = [
     (['--prompt', 'It', '--top-k', '0'], 'top-k must be at least 1'),
     (['--prompt', 'It', '--top-p', '1.5'], 'top-p must be in (0, 1]'),
     (['--prompt', 'It', '--top-p', '0'], 'top-p must be in (0, 1]'),
+    # refused at once, never read (a FIFO would wait for a writer, /dev/zero never ends)
+    (['--prompt-file', 'prompt.fifo'], 'prompt.fifo is not a regular file'),
+    (['--prompt-file', '/dev/zero'], '/dev/zero is not a regular file'),
+    (['--prompt-file', '/dev/urandom'], '/dev/urandom is not a regular file'),
 ]
 
 
 def test_generate_bad_input_is_one_line(trained_run, capsys):
+    os.mkfifo('prompt.fifo')  # in the project, the current directory
     steps = sorted(p.name for p in (trained_run / 'checkpoints').iterdir())
     for argv, fragment in BAD_INPUT:
         if '--run' not in argv:

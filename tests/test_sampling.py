@@ -36,7 +36,7 @@ def test_prompt_longer_than_seq_len_is_cropped(tiny_configs):
                               device=torch.device('cpu'))
     assert model.training, 'sampling must restore training mode'
     assert len(out) == 6
-    assert all(t in conf.text.stoi for t in out)
+    assert all(t in conf.text.tokenizer.stoi for t in out)
 
     # each token is the most likely one after the last seq_len tokens
     model.eval()
@@ -44,9 +44,9 @@ def test_prompt_longer_than_seq_len_is_cropped(tiny_configs):
     with torch.no_grad():
         for token in out:
             logits, _ = model(context[-conf.seq_len:].unsqueeze(-1))
-            expected = conf.text.itos[logits[-1, 0].argmax().item()]
+            expected = conf.text.tokenizer.itos[logits[-1, 0].argmax().item()]
             assert token == expected
-            context = torch.cat([context, torch.tensor([conf.text.stoi[token]])])
+            context = torch.cat([context, torch.tensor([conf.text.tokenizer.stoi[token]])])
 
 
 def test_sampling_keeps_eval_mode_and_adds_separator(tiny_configs):
@@ -56,7 +56,7 @@ def test_sampling_keeps_eval_mode_and_adds_separator(tiny_configs):
                               device=torch.device('cpu'))
     assert not model.training
     assert len(out) == 4
-    assert all(t.startswith('|') and t[1:] in conf.text.stoi for t in out)
+    assert all(t.startswith('|') and t[1:] in conf.text.tokenizer.stoi for t in out)
 
 
 def test_check_prompt_names_missing_characters(tiny_configs):

@@ -5,6 +5,7 @@ model; the command line trains from a preset and `--help` lists the keys.
 
 import math
 
+import pytest
 import torch
 import yaml
 
@@ -13,7 +14,7 @@ from gpt_experiment import Configs
 # package attribute once imported; take the function from where it is defined.
 from gpt_experiment.train import main
 
-from conftest import CORPUS, TINY, checkpoint_steps, make_configs, read_scalars, run_cli, run_dirs, write_project
+from conftest import CORPUS, REPO_ROOT, TINY, checkpoint_steps, make_configs, read_scalars, run_cli, run_dirs, write_project
 
 # A tiny model, a short warm-up and a high learning rate: the repeated paragraph is learnt fast.
 E2E = {**TINY, 'text': 'corpus.txt', 'epochs': 3, 'inner_iterations': 1, 'learning_rate': 5e-3,
@@ -109,7 +110,26 @@ def test_help_lists_config_keys(tmp_path):
     assert 'transformer.n_layers' in lines
     assert 'int' in lines['transformer.n_layers'] and 'default: 6' in lines['transformer.n_layers']
     assert 'default: character' in lines['tokenizer']
-    assert 'options:' in lines['tokenizer'] and 'basic_english' in lines['tokenizer'] and 'character' in lines['tokenizer']
+    assert 'options: character, bpe' in lines['tokenizer'] and 'basic_english' not in result.stdout
     assert 'default: 0.0006' in lines['learning_rate']
     assert 'transformer.ffn.d_ff' in lines and 'optimizer.learning_rate' in lines
     assert not (project / 'logs').exists()
+
+
+@pytest.mark.parametrize('preset', [None, 'labml_gpt.yaml', 'cpu_quick.yaml', 'gpt1.yaml'])
+def test_the_default_corpus_ships_with_the_package(tmp_path, preset):
+    """
+    A fresh project with no `data/` folder (and no network needed): the default command and
+    every preset train on the packaged Tiny Shakespeare (shrunk here to a tiny model).
+    """
+    project = tmp_path / 'fresh'
+    project.mkdir()
+    (project / '.labml.yaml').write_text('check_repo_dirty: false\n', encoding='utf-8')
+    presets = [str(REPO_ROOT / 'configs' / preset)] if preset else []
+    shrink = ['seq_len=16', 'batch_size=2048', 'epochs=1', 'inner_iterations=1', 'transformer.d_model=8',
+              'transformer.n_heads=1', 'transformer.n_layers=1', 'transformer.ffn.d_ff=8', 'bpe_vocab_size=300']
+    result = run_cli([*presets, *shrink, '--writers', 'sqlite'], cwd=project, timeout=600)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert not (project / 'data').exists()
+    run, = run_dirs(project, 'gpt')
+    assert len(read_scalars(run, 'loss.valid')) == 1
