@@ -14,6 +14,7 @@ An unknown key, a value of the wrong type or an option that is not registered is
 
 import difflib
 import inspect
+import math
 import typing
 from pathlib import Path
 from typing import Any, Dict, Iterable, List, NamedTuple, Optional
@@ -22,7 +23,7 @@ import yaml
 
 from labml.configs import BaseConfigs
 
-from . import labml_glue
+from . import checks, corpus, labml_glue
 from .errors import UserError
 
 
@@ -45,6 +46,20 @@ def _sub_configs(value_type, default, options) -> Optional[type]:
     if inspect.isclass(returns) and issubclass(returns, BaseConfigs):
         return returns
     return None
+
+
+# Keys that the experiment computes from others (the vocabulary from the corpus, the widths of
+# nested configs from `transformer.d_model`), and labml's own machinery: neither listed by
+# `--help` nor set from outside.
+INTERNAL = {
+    'n_tokens', 'd_model', 'transformer.n_src_vocab', 'transformer.n_tgt_vocab', 'transformer.ffn.d_model',
+    'optimizer.d_model', 'loop_step', 'loop_count', 'model', 'train_model', 'grad_scaler', 'state_modules',
+    'trainer', 'validator', 'training_loop', 'device', 'device.device', 'device.device_info', 'transformer',
+    'optimizer', 'optimizer.weight_decay_obj', 'train_loader', 'valid_loader', 'transformer.encoder',
+    'transformer.decoder', 'transformer.encoder_decoder', 'transformer.generator', 'transformer.decoder_layer',
+    'transformer.decoder_attn', 'transformer.decoder_mem_attn', 'transformer.tgt_embed', 'transformer.ffn',
+    'transformer.ffn.ffn', 'dataloader_shuffle_with_replacement', 'is_loop_on_interrupt',
+}
 
 
 def config_keys(configs_class: type, prefix: str = '') -> Dict[str, Key]:
@@ -83,26 +98,39 @@ def _parse(key: str, value: Any, spec: Key):
             number = float(value) if isinstance(value, str) and not value.lstrip('+-').isdigit() else value
             if isinstance(number, float) and not number.is_integer():
                 raise ValueError
-            return int(number)
+            number = int(number)
+            # What a torch or NumPy integer holds; anything larger is a typo, not a size.
+            if not -2 ** 63 <= number < 2 ** 63:
+                raise UserError(f'{key}={number} is out of range: integers here are 64-bit')
+            return number
         if t is float:
             if isinstance(value, bool):
                 raise ValueError
-            return float(value)
+            number = float(value)
+            if not math.isfinite(number):
+                raise UserError(f'{key} must be a finite number, got {value!r}')
+            return number
         if t is str:
             if not isinstance(value, (str, int, float)) or isinstance(value, bool):
                 raise ValueError
             return str(value)
         if typing.get_origin(t) is tuple:
-            items = yaml.safe_load(value) if isinstance(value, str) else value
+            items = _safe_yaml(value, key) if isinstance(value, str) else value
             item_types = typing.get_args(t)
             if not isinstance(items, (list, tuple)) or len(items) != len(item_types):
                 raise ValueError
             return tuple(_parse(key, v, Key(it, None, [])) for v, it in zip(items, item_types))
-    except (ValueError, TypeError, yaml.YAMLError):
-        raise UserError(f'{key} expects {_type_name(t)}, got {value!r}') from None
+    except (ValueError, TypeError, OverflowError, yaml.YAMLError):
+        raise UserError(f'{key} expects {_type_name(t)}, got {_short(value)}') from None
     if spec.options:
-        raise UserError(f'{key}={value!r} is not a registered option; choose one of: {", ".join(spec.options)}')
+        raise UserError(f'{key}={_short(value)} is not a registered option; choose one of: {", ".join(spec.options)}')
     raise UserError(f'{key} is computed and cannot be set')
+
+
+def _short(value: Any) -> str:
+    """`repr(value)`, cut to 80 characters: a value in a message, never the message itself."""
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + '...'
 
 
 def _type_name(t) -> str:
@@ -152,26 +180,54 @@ def check_overrides(configs_class: type, overrides: Dict[str, Any]) -> Dict[str,
                 checked['text'] = 'file'
             key = f'{key}_file'
         if key not in keys:
-            raise UserError(f"unknown config key '{key}'{suggest(key, keys)}")
+            raise UserError(f"unknown config key '{key}'{suggest(key, set(keys) - INTERNAL)}")
+        if key in INTERNAL:
+            raise UserError(f'{key} is computed by the experiment and cannot be set')
         checked[key] = _parse(key, value, keys[key])
+        checks.check_value(key, checked[key])
     return checked
 
 
 def load_yaml(path: str) -> Dict[str, Any]:
     """A preset: a YAML mapping of config keys to values."""
     p = Path(path)
-    if not p.is_file():
+    if not p.exists():
         raise UserError(f'config file not found: {path}')
     try:
-        values = yaml.safe_load(p.read_text(encoding='utf-8'))
-    except (yaml.YAMLError, UnicodeDecodeError) as e:
-        detail = ' '.join(str(e).split())
-        raise UserError(f'{path} is not valid YAML: {detail}') from None
+        values = _safe_yaml(corpus.regular_file(p).read_text(encoding='utf-8'), path)
+    except UnicodeDecodeError as e:
+        raise UserError(f'{path} is not valid YAML: {e}') from None
     if values is None:
         return {}
     if not isinstance(values, dict):
         raise UserError(f'{path} must be a mapping of config keys to values, not a {type(values).__name__}')
     return _flatten(values)
+
+
+class _PresetLoader(yaml.SafeLoader):
+    """
+    YAML without aliases of lists or mappings. Aliases of scalars (`lr: &lr 1e-3`, then `*lr`)
+    are fine; an alias of a collection is what makes a recursive structure, or an "alias bomb"
+    that a few lines expand into billions of items, and no preset needs one.
+    """
+
+    def compose_node(self, parent, index):
+        if self.check_event(yaml.AliasEvent):
+            event = self.peek_event()
+            node = self.anchors.get(event.anchor)
+            if node is not None and not isinstance(node, yaml.ScalarNode):
+                raise yaml.composer.ComposerError(None, None, f'the alias *{event.anchor} is of a list or mapping, '
+                                                  f'which presets do not take', event.start_mark)
+        return super().compose_node(parent, index)
+
+
+def _safe_yaml(text: str, name: str) -> Any:
+    """Parse YAML (a preset, or a value on the command line), refusing aliases of collections."""
+    try:
+        return yaml.load(text, Loader=_PresetLoader)
+    except yaml.YAMLError as e:
+        detail = ' '.join(str(e).split())
+        raise UserError(f'{name} is not valid YAML: {detail}') from None
 
 
 def overrides_from_args(items: List[str]) -> Dict[str, Any]:

@@ -56,6 +56,9 @@ class Configs(NLPAutoRegressionConfigs):
     """
     # GPT model
     model: GPT
+    # The width of the model, `transformer.d_model`: labml_nn's top-level key, computed here so
+    # that the run's `configs.yaml` records the width the model has
+    d_model: int = 'transformer_width'
     # Transformer: embeddings, layers and generator
     transformer: TransformerConfigs
     # Weight decay of linear weights
@@ -310,6 +313,11 @@ def remaining_epochs(c: Configs):
     return c.epochs - c._epochs_done
 
 
+@option(Configs.d_model, 'transformer_width')
+def _transformer_width(c: Configs) -> int:
+    return c.transformer.d_model
+
+
 @option(Configs.transformer, 'GPT')
 def _transformer_configs(c: Configs) -> TransformerConfigs:
     """
@@ -319,8 +327,6 @@ def _transformer_configs(c: Configs) -> TransformerConfigs:
     activation that GPT uses in its feed-forward layers.
     """
     conf = TransformerConfigs()
-    # The top-level `d_model` (labml_nn's) sets the width; `transformer.d_model` overrides it.
-    conf.d_model = c.d_model
     conf.n_src_vocab = c.n_tokens
     conf.n_tgt_vocab = c.n_tokens
     conf.ffn.activation = 'GELU'

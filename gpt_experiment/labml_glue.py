@@ -115,3 +115,20 @@ def withdraw_option(configs: BaseConfigs, key: str, name: str):
     """
     types, defaults, options, aggregates = configs_registry(configs)
     options.get(key, {}).pop(name, None)
+
+
+def chosen_value(configs: BaseConfigs, key: str) -> Any:
+    """
+    What `key` is set to, without computing it: for an option, its name (`'learned_pos'`), not
+    the object the option would build. labml resolves this in a private method.
+    """
+    get = object.__getattribute__
+    # What was set (an override, a value, a default override), before the cached result
+    value, found = get(configs, '_Configs__get_value_direct')(key)
+    if found and value != '__aggregate__':
+        return value
+    # A default, or the first option
+    defaults, options = get(configs, '_Configs__defaults'), get(configs, '_Configs__options')
+    if key in defaults:
+        return defaults[key]
+    return next(iter(options.get(key, {})), None)

@@ -36,6 +36,18 @@ def project_path() -> Optional[str]:
     return None
 
 
+def configure(overrides: Dict[str, Any]) -> Configs:
+    """
+    `Configs` with `overrides` applied to the defaults through labml, and every value checked:
+    what `main` does before anything is written. It needs a labml experiment (`experiment.create`).
+    """
+    conf = Configs()
+    experiment.configs(conf, cli.check_overrides(Configs, overrides))
+    check_configs(conf)
+    distributed.check_batch(conf.batch_size)
+    return conf
+
+
 def compute_ahead(c: Configs):
     """
     Compute now every config that training reads. labml rewrites the run's `configs.yaml` (a
@@ -75,11 +87,8 @@ def main(overrides: Optional[Dict[str, Any]] = None, *, name: Optional[str] = No
             experiment.create(name=parent.parent.name, comment=comment, python_file=project_path(), **ranks)
     elif checkpoint is not None:
         raise UserError('--checkpoint needs --resume RUN_UUID')
-    conf = Configs()
-    experiment.configs(conf, overrides)
     # Everything that can fail on bad input is computed before the run's folder is written.
-    check_configs(conf)
-    distributed.check_batch(conf.batch_size)
+    conf = configure(overrides)
     checkpoints.install({
         'model': checkpoints.model_saver('model', conf.model),
         'training': checkpoints.TorchStateSaver('training', lambda: resume_state.training_state(conf),

@@ -1,17 +1,23 @@
 """
 Property-based: random keys and values thrown at the override parser and at the command line
 are either accepted or refused with one line `error: ...` and exit status 2, never a
-traceback. Training itself is replaced by a stub, so that accepted input costs nothing.
+traceback. Training itself is replaced by a stub, so that accepted input costs nothing; and
+random values for every key go through every check that runs before a run starts.
 """
 
 import contextlib
 import io
 
-from hypothesis import given, settings, strategies as st
+from hypothesis import HealthCheck, given, settings, strategies as st
+from labml import experiment
 
 from gpt_experiment import Configs, UserError
 from gpt_experiment import main as cli_main
+from gpt_experiment.checks import parameter_count
 from gpt_experiment.cli import check_overrides, config_keys
+from gpt_experiment.train import compute_ahead, configure, project_path
+
+from conftest import TINY
 
 KEYS = sorted(config_keys(Configs))
 
@@ -63,3 +69,30 @@ def test_command_line_accepts_or_refuses_in_one_line(argv):
         assert status == 2
         lines = err.getvalue().splitlines()
         assert len(lines) == 1 and lines[0].startswith('error: '), err.getvalue()
+
+
+# ## Values: every settable key with random values, through every check that runs before a run
+
+SETTABLE = sorted(k for k in KEYS if k not in ('text', 'text_file', 'valid_text_file'))
+numbers = st.one_of(st.integers(), st.integers(min_value=-2 ** 80, max_value=2 ** 80),
+                    st.floats(allow_nan=True, allow_infinity=True), st.sampled_from([0, 1, -1, 2 ** 63, 0.5, 1e-300]))
+random_values = st.one_of(numbers, st.booleans(), st.text(max_size=12), numbers.map(str),
+                          st.lists(numbers, max_size=3), st.lists(numbers, max_size=3).map(str))
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(key=st.sampled_from(SETTABLE), value=random_values)
+def test_every_value_is_accepted_or_refused_in_one_line(project, key, value):
+    """
+    A value for any key is refused with one line, or accepted; and when the model it gives is
+    small, everything training reads then computes without an error.
+    """
+    experiment.create(name='fuzz', python_file=project_path(), writers=set())
+    try:
+        conf = configure({**TINY, 'text': 'corpus.txt', 'inner_iterations': 1, key: value})
+    except UserError as e:
+        assert str(e) and '\n' not in str(e)
+        return
+    if parameter_count(conf) < 10 ** 6 and conf.batch_size * conf.seq_len < 10 ** 6:
+        compute_ahead(conf)
+    assert not (project / 'logs').exists()

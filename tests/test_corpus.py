@@ -1,6 +1,5 @@
 """Corpus reading, checking, splitting and caching (gpt_experiment.corpus), and batches (gpt_experiment.batches)."""
 
-import gzip
 import hashlib
 import os
 

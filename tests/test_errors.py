@@ -4,6 +4,7 @@ no run folder. Every case runs in-process (through `main()` and the command line
 a handful also run as `python -m gpt_experiment.main` subprocesses.
 """
 
+import os
 from pathlib import Path
 from typing import List
 
@@ -29,6 +30,14 @@ def write_bad_inputs(path: Path):
     (path / 'garbage.yaml').write_text('epochs: [1, 2\n  seq_len: : :\n', encoding='utf-8')
     (path / 'list.yaml').write_text('- epochs\n- seq_len\n', encoding='utf-8')
     (path / 'emptydir').mkdir()
+    os.mkfifo(path / 'pipe')
+    os.mkfifo(path / 'pipe.yaml')
+    # a list that contains itself, and an alias bomb: 9 ** 8 items from eight lines
+    (path / 'recursive.yaml').write_text('epochs: &a [1, *a]\n', encoding='utf-8')
+    (path / 'bomb.yaml').write_text('a: &a [x, x, x, x, x, x, x, x, x]\n' + ''.join(
+        f'{chr(98 + i)}: &{chr(98 + i)} [{", ".join([f"*{chr(97 + i)}"] * 9)}]\n' for i in range(8)), encoding='utf-8')
+    # an alias of a scalar is fine
+    (path / 'scalar_alias.yaml').write_text('seq_len: &n 16\nbatch_size: *n\n', encoding='utf-8')
 
 
 # (id, arguments after BASE_ARGS, fragments the one-line message must contain)
@@ -51,7 +60,8 @@ CASES = [
     ('missing-valid-file', ['valid_text=nowhere.txt'], ['corpus not found', 'nowhere.txt']),
     ('non-utf8', ['text=latin1.txt'], ['latin1.txt', 'not UTF-8', f'offset {len(LATIN1_PREFIX) + 3}', '0xe9']),
     ('too-short', ['text=short.txt'], ['short.txt', 'seq_len=16 needs at least 17']),
-    ('too-short-for-seq-len', ['seq_len=100000'], ['seq_len=100000 needs at least 100001']),
+    ('too-short-for-seq-len', ['seq_len=5000'], ['seq_len=5000 needs at least 5001']),
+    ('seq-len-past-the-positions', ['seq_len=100000'], ['seq_len must be at most 5,000']),
     ('garbage-yaml', ['garbage.yaml'], ['garbage.yaml is not valid YAML']),
     ('yaml-list', ['list.yaml'], ['list.yaml must be a mapping of config keys to values, not a list']),
     ('missing-yaml', ['nowhere.yaml'], ['config file not found: nowhere.yaml']),
@@ -61,13 +71,29 @@ CASES = [
     ('prompt-out-of-vocabulary', ['prompt=Zz'], ["prompt 'Zz'", "not in the vocabulary: 'Z'"]),
     ('empty-prompt', ['prompt='], ['prompt is empty']),
     ('unknown-flag', ['--bogus'], ['unrecognized arguments: --bogus']),
+    ('ffn-dropout', ['transformer.ffn.dropout=-0.5'], ['transformer.ffn.dropout must be in [0, 1), got -0.5']),
+    ('nan-learning-rate', ['learning_rate=nan'], ["learning_rate must be a finite number, got 'nan'"]),
+    ('zero-learning-rate', ['learning_rate=0'], ['learning_rate must be positive, got 0.0']),
+    ('betas', ['optimizer.betas=[2,3]'], ['optimizer.betas must each be in [0, 1), got [2.0, 3.0]']),
+    ('huge-seed', ['seed=1180591620717411303424'], ['seed=1180591620717411303424 is out of range']),
+    ('seed-past-the-generators', [f'seed={2 ** 63 - 1}'], ['seed must be at most']),
+    ('huge-model', ['transformer.d_model=1000000000', 'transformer.n_heads=1'],
+     ['the model has 4,000,000,', 'parameters and would need', 'GiB']),
+    ('inner-iterations', ['inner_iterations=1000000'], ['inner_iterations=1000000 is more than the training batches '
+                                                        'of an epoch (33)']),
+    ('recursive-yaml', ['recursive.yaml'], ['recursive.yaml is not valid YAML', 'the alias *a is of a list']),
+    ('yaml-alias-bomb', ['bomb.yaml'], ['bomb.yaml is not valid YAML', 'the alias *a is of a list']),
+    ('yaml-alias-on-the-command-line', ['optimizer.betas=&a [*a, *a]'], ['the alias *a is of a list']),
+    ('fifo-corpus', ['text=pipe'], ['pipe is not a regular file']),
+    ('device-corpus', ['text=/dev/zero'], ['/dev/zero is not a regular file']),
+    ('fifo-preset', ['pipe.yaml'], ['pipe.yaml is not a regular file']),
 ]
 CASE_IDS = [c[0] for c in CASES]
 BY_ID = {c[0]: c for c in CASES}
 
 # A few cases, one of each kind, go through a real `python -m gpt_experiment.main`.
 SUBPROCESS_CASES = ['unknown-key', 'float-for-int', 'heads-do-not-divide', 'non-utf8', 'garbage-yaml', 'yaml-list',
-                    'unregistered-option', 'prompt-out-of-vocabulary']
+                    'unregistered-option', 'prompt-out-of-vocabulary', 'huge-model', 'fifo-corpus', 'yaml-alias-bomb']
 
 
 @pytest.fixture
@@ -123,3 +149,7 @@ def test_bad_input_in_a_subprocess(tmp_path, case_id):
     _assert_one_error_line(result.stderr, fragments)
     assert 'Traceback' not in result.stdout + result.stderr
     _assert_no_run(project)
+
+
+def test_an_alias_of_a_scalar_is_fine(bad_project):
+    assert overrides_from_args(['scalar_alias.yaml']) == {'seq_len': 16, 'batch_size': 16}

@@ -14,7 +14,7 @@ from labml_nn.optimizers.adam_warmup_cosine_decay import AdamWarmupCosineDecay
 
 from labml_nn.transformers.mha import MultiHeadAttention
 
-from gpt_experiment import optimizer as optimizers
+from gpt_experiment import UserError, optimizer as optimizers
 from gpt_experiment.attention import SDPAttention, batch_first
 from gpt_experiment.optimizer import (FusedAdamWarmupCosineDecay, ForeachAdamWarmupCosineDecay, clip_grad_norm_,
                                       decay_groups)
@@ -206,12 +206,11 @@ def test_bfloat16_and_foreach_options_train(project):
     assert checkpoint_steps(run_dirs(project, 'fast')[0])
 
 
-def test_top_level_d_model_sets_the_width_unless_transformer_d_model_is_given(project):
-    overrides = {k: v for k, v in TINY.items() if k != 'transformer.d_model'}
-    conf = make_configs({'text': 'corpus.txt', **overrides, 'd_model': 48})
-    assert conf.model.generator.projection.in_features == 48
-    conf = make_configs({'text': 'corpus.txt', **overrides, 'd_model': 48, 'transformer.d_model': 40})
-    assert conf.model.generator.projection.in_features == 40
+def test_the_width_is_transformer_d_model_and_the_top_level_key_follows_it(project):
+    conf = make_configs({'text': 'corpus.txt', **TINY, 'transformer.d_model': 40})
+    assert conf.model.generator.projection.in_features == conf.d_model == 40
+    with pytest.raises(UserError, match='d_model is computed by the experiment and cannot be set'):
+        make_configs({'text': 'corpus.txt', **TINY, 'd_model': 48})
 
 
 def test_two_runs_in_one_process_each_count_steps_from_zero(project):

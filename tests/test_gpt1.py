@@ -2,22 +2,32 @@
 
 import math
 
+import pytest
 import torch
 from torch import nn
 
-from gpt_experiment.cli import load_yaml
+from labml import experiment
+
+from gpt_experiment import Configs
+from gpt_experiment.checks import parameter_count
+from gpt_experiment.cli import check_overrides, load_yaml
+from gpt_experiment.train import project_path
 from gpt_experiment.gpt1 import AdamWarmupCosineToZero, PostLNTransformerLayer
 from gpt_experiment.optimizer import decay_groups, linear_weights, matrix_weights
 
-from conftest import REPO_ROOT, make_configs
+from conftest import REPO_ROOT
 
 
 def test_gpt1_preset_counts_about_116_5m_parameters(project):
-    overrides = load_yaml(str(REPO_ROOT / 'configs' / 'gpt1.yaml'))
-    # GPT-1's vocabulary; the model is built without reading or tokenising any corpus.
-    overrides['n_tokens'] = 40478
-    model = make_configs(overrides).model
+    overrides = check_overrides(Configs, load_yaml(str(REPO_ROOT / 'configs' / 'gpt1.yaml')))
+    # GPT-1's vocabulary, set through labml (it is computed from the corpus, and cannot be
+    # overridden from outside); the model is built without reading or tokenising any corpus.
+    experiment.create(name='gpt1', python_file=project_path(), writers=set())
+    conf = Configs()
+    experiment.configs(conf, {**overrides, 'n_tokens': 40478})
+    model = conf.model
     n = sum(p.numel() for p in model.parameters())
+    assert parameter_count(conf) == n
     assert 116_400_000 < n < 116_700_000, f'{n:,} parameters'
     # 512 learned positions, not labml_nn's 5000; tied embeddings; post-LN without a final norm
     assert model.src_embed.positional_encodings.shape[0] == 512
@@ -86,3 +96,15 @@ def test_cosine_decays_to_zero():
     assert abs(opt.get_lr({'step': 60}, group) - 0.5) < 1e-6
     assert opt.get_lr({'step': 110}, group) < 1e-9
     assert abs(opt.get_lr({'step': 35}, group) - 0.5 * (1 + math.cos(math.pi / 4))) < 1e-6
+
+
+@pytest.mark.parametrize('extra', [
+    {},
+    {'transformer.src_embed': 'learned_pos', 'tie_embeddings': True},
+    {'transformer.encoder_layer': 'post_ln', 'transformer.n_layers': 2},
+    {'transformer.ffn.glu_variant': 'GEGLU', 'transformer.src_embed': 'no_pos'},
+])
+def test_the_size_check_counts_the_parameters_the_model_has(tiny_configs, extra):
+    # the check that refuses a model too large for the machine counts it without building it
+    conf = tiny_configs(**extra)
+    assert parameter_count(conf) == sum(p.numel() for p in conf.model.parameters())

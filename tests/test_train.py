@@ -93,6 +93,8 @@ def test_command_line_trains_from_a_preset(tmp_path):
     configs = yaml.safe_load((runs[0] / 'configs.yaml').read_text(encoding='utf-8'))
     assert configs['transformer.n_layers']['computed'] == 1
     assert configs['transformer.d_model']['computed'] == 32
+    # labml_nn's top-level width records the width the model has, not labml_nn's 512
+    assert configs['d_model']['computed'] == 32
     assert configs['epochs']['computed'] == 1
     # one layer: the checkpoint has layer 0 and no layer 1
     state = torch.load(runs[0] / 'checkpoints' / str(expected_step) / 'model.pth', map_location='cpu',
