@@ -130,6 +130,8 @@ class Configs(NLPAutoRegressionConfigs):
     _recent = None
     # Whole epochs trained (saved in checkpoints, for resume)
     _epochs_done = 0
+    # The tokenizer of the run being resumed, which the corpus is encoded with (never rebuilt)
+    _run_tokenizer = None
 
     def init(self):
         """
@@ -443,7 +445,7 @@ def tiny_shakespeare(c: Configs):
     At labml's data path (`data/` beside `.labml.yaml`), downloaded when absent.
     """
     path = data.fetch_tiny_shakespeare(lab.get_data_path() / 'tiny_shakespeare.txt')
-    return corpus.load(path, c.tokenizer, seq_len=c.seq_len)
+    return corpus.load(path, c.tokenizer, seq_len=c.seq_len, vocabulary=c._run_tokenizer)
 
 
 @option(Configs.text, 'file')
@@ -456,7 +458,7 @@ def text_file(c: Configs):
     if not c.text_file:
         raise UserError('text=file needs a path: text=<file or folder>')
     valid = c.valid_text_file or None
-    return corpus.load(c.text_file, c.tokenizer, seq_len=c.seq_len, valid_path=valid)
+    return corpus.load(c.text_file, c.tokenizer, seq_len=c.seq_len, valid_path=valid, vocabulary=c._run_tokenizer)
 
 
 @option(Configs.train_loader, 'shuffled_windows')

@@ -8,16 +8,17 @@ python -m gpt_experiment.generate --run UUID [--checkpoint STEP] (--prompt TEXT 
 ```
 
 Continues a prompt from a run's checkpoint and streams the text to stdout as it is produced.
-The run is found under labml's `logs/` by its uuid or a unique prefix of it; its configs are
-read back with labml's `experiment.load_configs` and applied to a fresh `Configs`, which
-rebuilds the same model (the vocabulary size comes from the tokenizer saved in the run's
-folder, so the corpus is not needed); the checkpoint is loaded through labml
-(`experiment.add_pytorch_models`, `experiment.load_models`). Decoding, with the key/value
-cache, is in [sampling](sampling.html).
+The run, its checkpoint, configs and tokenizer come from the [run store](runs.html), the same
+way `--resume` finds them: the run by its uuid or a unique prefix, the newest complete
+checkpoint or `--checkpoint STEP`, everything read safely (tensors with `weights_only=True`,
+YAML without Python tags). The configs the run was given are applied to a fresh `Configs`,
+which rebuilds the same model (the vocabulary size comes from the tokenizer saved in the run's
+folder, so the corpus is not needed). Decoding, with the key/value cache, is in
+[sampling](sampling.html).
 
-Bad input (an unknown run or checkpoint, with what exists listed; prompt characters outside a
-character vocabulary; temperature < 0, top-k < 1, top-p outside (0, 1]) is one line on stderr
-and exit status 2. A prompt longer than the context is cropped to its last `seq_len` tokens,
+Bad input (an unknown run or checkpoint, with what exists listed; a damaged or missing file of
+the run, named; prompt characters outside a character vocabulary; temperature < 0, top-k < 1,
+top-p outside (0, 1]) is one line on stderr and exit status 2. A prompt longer than the context is cropped to its last `seq_len` tokens,
 with a warning on stderr.
 """
 
@@ -26,15 +27,14 @@ import contextlib
 import io
 import sys
 from pathlib import Path
-from typing import List, Optional
+from typing import List
 
 import torch
 
-from labml import experiment, lab
+from labml import experiment
 
-from . import sampling, tokenizers
+from . import runs, sampling, tokenizers
 from .errors import UserError
-from .train import project_path
 
 
 class _Parser(argparse.ArgumentParser):
@@ -62,49 +62,21 @@ def parse_args(argv: List[str]) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def find_run(uuid_prefix: str) -> Path:
-    """The run folder `logs/<name>/<uuid>` whose uuid starts with `uuid_prefix`."""
-    root = Path(lab.get_experiments_path())
-    runs = sorted(p for p in root.glob('*/*') if p.is_dir() and (p / 'run.yaml').is_file())
-    matches = [p for p in runs if p.name.startswith(uuid_prefix)]
-    if len(matches) == 1:
-        return matches[0]
-    listing = ', '.join(f'{p.parent.name}/{p.name}' for p in (matches or runs)) or 'none'
-    if matches:
-        raise UserError(f'run prefix {uuid_prefix!r} is ambiguous: {listing}')
-    raise UserError(f'no run {uuid_prefix!r} in {root}; runs: {listing}')
-
-
-def find_checkpoint(run_dir: Path, step: Optional[int] = None) -> int:
-    """
-    The step of a complete checkpoint of a run: `step`, or the newest. A checkpoint is complete
-    when its folder holds labml's `info.json` and the `model.pth`; anything else (a checkpoint
-    still being written, a temporary folder) is never picked.
-    """
-    root = run_dir / 'checkpoints'
-    steps = sorted(int(p.name) for p in root.iterdir()
-                   if p.name.isdigit() and (p / 'info.json').is_file() and (p / 'model.pth').is_file()) \
-        if root.is_dir() else []
-    if not steps:
-        raise UserError(f'run {run_dir.name} has no checkpoints')
-    if step is None:
-        return steps[-1]
-    if step not in steps:
-        raise UserError(f'run {run_dir.name} has no checkpoint {step}; checkpoints: {", ".join(map(str, steps))}')
-    return step
-
-
-def load_model(run_dir: Path, step: int, tokenizer, device: str):
-    """Rebuild the run's `Configs` and model, and load the checkpoint through labml."""
+def load_model(run_dir: Path, checkpoint: Path, tokenizer, device: str):
+    """Rebuild the run's model from the configs it was given, and load the checkpoint's weights."""
     from .configs import Configs
-    overrides = experiment.load_configs(run_dir.name)
+    overrides = runs.given_configs(run_dir)
     # The model's vocabulary comes from the saved tokenizer; nothing computes the corpus.
     overrides['n_tokens'] = tokenizer.n_tokens
     conf = Configs()
     experiment.configs(conf, overrides)
     model = conf.model
-    experiment.add_pytorch_models({'model': model})
-    experiment.load_models(models=['model'], run_uuid=run_dir.name, checkpoint=step)
+    state = runs.load_checkpoint(checkpoint, 'model')
+    try:
+        model.load_state_dict(state)
+    except (RuntimeError, KeyError, TypeError, AttributeError) as e:
+        raise UserError(f'{checkpoint / "model.pth"} does not fit the model of {run_dir / "configs.yaml"} '
+                        f'({e.__class__.__name__})') from None
     return model.to(device).eval(), conf
 
 
@@ -127,14 +99,14 @@ def run(argv: List[str]) -> int:
         # labml reports what it builds and loads on stdout, which is the generated text's; errors
         # are ours to report, in one line.
         with contextlib.redirect_stdout(io.StringIO()):
-            experiment.create(name='generate', python_file=project_path(), writers=set())
-            run_dir = find_run(args.run)
-            step = find_checkpoint(run_dir, args.checkpoint)
-            tokenizer = tokenizers.load(run_dir)
+            experiment.create(name='generate', python_file=runs.project_path(), writers=set())
+            run_dir = runs.find_run(args.run)
+            checkpoint = runs.find_checkpoint(run_dir, args.checkpoint)
+            tokenizer = runs.load_tokenizer(run_dir)
             missing = tokenizer.unknown(prompt)
             if missing:
                 raise UserError('prompt has characters that are not in the vocabulary: ' + ' '.join(map(repr, missing)))
-            model, conf = load_model(run_dir, step, tokenizer, args.device)
+            model, conf = load_model(run_dir, checkpoint, tokenizer, args.device)
         ids = tokenizer.encode(prompt)
         if len(ids) > conf.seq_len:
             print(f'warning: the prompt has {len(ids)} tokens; keeping the last {conf.seq_len} (the context)',

@@ -33,14 +33,10 @@ state of labml's trainer, validator and batch index, which are private to labml.
 """
 
 import random
-from pathlib import Path
 from typing import Any, Dict
 
 import numpy as np
 import torch
-import yaml
-
-from .errors import UserError
 
 
 def _rng_state() -> Dict[str, Any]:
@@ -77,22 +73,15 @@ def training_state(c) -> Dict[str, Any]:
 
 
 def load_training_state(c, state: Dict[str, Any]):
+    # The optimizer's state dict carries its hyper-parameters too (learning rate, warm-up and
+    # length of the schedule, weight decay, betas); they are this run's configs, not the
+    # parent's: only the moments and step counts come from the checkpoint.
+    given = [{k: v for k, v in group.items() if k != 'params'} for group in c.optimizer.param_groups]
     c.optimizer.load_state_dict(state['optimizer'])
+    for group, values in zip(c.optimizer.param_groups, given):
+        group.update(values)
     c.grad_scaler.load_state_dict(state['grad_scaler'])
     c.train_loader.generator.set_state(state['train_data'])
     c.valid_loader.generator.set_state(state['valid_data'])
     c._epochs_done = int(state['epochs_done'])
     _set_rng_state(state['rng'])
-
-
-def parent_overrides(run_dir: Path) -> Dict[str, Any]:
-    """The values the parent run was given explicitly, from labml's `configs.yaml`."""
-    path = Path(run_dir) / 'configs.yaml'
-    try:
-        configs = yaml.safe_load(path.read_text(encoding='utf-8'))
-    except (OSError, yaml.YAMLError, UnicodeDecodeError) as e:
-        raise UserError(f'cannot read the configuration of run {Path(run_dir).name}: {e.__class__.__name__}') from None
-    if not isinstance(configs, dict):
-        raise UserError(f'{path} is not a labml configs file')
-    return {k: v['value'] for k, v in configs.items()
-            if isinstance(v, dict) and v.get('is_explicitly_specified') and 'value' in v}

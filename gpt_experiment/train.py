@@ -12,27 +12,19 @@ conf = main({'epochs': 1, 'transformer.n_layers': 2})
 """
 
 import time
-from pathlib import Path
 from typing import Any, Dict, Iterable, Optional, Union
 
-from labml import experiment, lab, tracker
+from labml import experiment, tracker
 
-from . import checkpoints, cli, dashboard, distributed, summary, writers as writers_
+from . import checkpoints, cli, dashboard, distributed, runs, summary, writers as writers_
 from . import resume as resume_state
 from .configs import Configs, check_configs, compute_ahead
 from .errors import UserError
+from .runs import project_path  # noqa: F401 (kept importable from here)
 
 
-def project_path() -> Optional[str]:
-    """
-    labml finds `.labml.yaml` (and with it `data/` and `logs/`) by walking up from the file that
-    creates the experiment, which for an installed package is not the user's project. When the
-    current directory is inside a labml project, use that instead.
-    """
-    cwd = Path.cwd().resolve()
-    if any((d / '.labml.yaml').is_file() for d in (cwd, *cwd.parents)):
-        return str(cwd)
-    return None
+# What makes the tokenizer, which a resumed run cannot change
+TOKENIZER_KEYS = ('tokenizer', 'bpe_vocab_size', 'bpe_train_bytes')
 
 
 def main(overrides: Optional[Dict[str, Any]] = None, *, name: Optional[str] = None, comment: str = '',
@@ -46,22 +38,30 @@ def main(overrides: Optional[Dict[str, Any]] = None, *, name: Optional[str] = No
     """
     overrides = cli.check_overrides(Configs, overrides or {})
     writers = writers_.check_writers(writers)
+    if name is not None and not checkpoints.is_plain_name(name):
+        raise UserError(f'--name must be a plain name (a folder under logs/), got {name!r}')
     world = distributed.setup()
     ranks = dict(uuid=distributed.shared_uuid(), distributed_rank=world.rank,
                  distributed_world_size=world.size if world.is_distributed else 0,
                  writers=writers if world.is_main else set())
     experiment.create(name=name or 'gpt', comment=comment, python_file=project_path(), **ranks)
-    parent, step = None, None
+    parent, step, run_tokenizer = None, None, None
     if resume is not None:
-        parent = checkpoints.find_run(lab.get_experiments_path(), resume)
-        step = int(checkpoints.find_checkpoint(parent, checkpoint).name)
-        overrides = {**cli.check_overrides(Configs, resume_state.parent_overrides(parent)), **overrides}
+        parent = runs.find_run(resume)
+        step = int(runs.find_checkpoint(parent, checkpoint).name)
+        # The run's tokenizer, as it saved it: the corpus is encoded with it, never rebuilt.
+        run_tokenizer = runs.load_tokenizer(parent)
+        for key in TOKENIZER_KEYS:
+            if key in overrides and str(overrides[key]) != str(runs.config_value(parent, key)):
+                raise UserError(f'{key} cannot change when resuming: run {parent.name} keeps its tokenizer.json')
+        overrides = {**cli.check_overrides(Configs, runs.given_configs(parent)), **overrides}
         if name is None and parent.parent.name != 'gpt':
             # the continuation goes beside its parent
             experiment.create(name=parent.parent.name, comment=comment, python_file=project_path(), **ranks)
     elif checkpoint is not None:
         raise UserError('--checkpoint needs --resume RUN_UUID')
     conf = Configs()
+    conf._run_tokenizer = run_tokenizer
     experiment.configs(conf, overrides)
     # Everything that can fail on bad input is computed before the run's folder is written.
     check_configs(conf)
@@ -70,7 +70,7 @@ def main(overrides: Optional[Dict[str, Any]] = None, *, name: Optional[str] = No
         'model': checkpoints.model_saver('model', conf.model),
         'training': checkpoints.TorchStateSaver('training', lambda: resume_state.training_state(conf),
                                                 lambda state: resume_state.load_training_state(conf, state)),
-    })
+    }, resumed_step=step)
     compute_ahead(conf)
     # labml's tracker is a process-wide singleton: a second run in the same process (a
     # notebook) starts counting from zero again, or from the checkpoint it resumes.

@@ -83,20 +83,6 @@ def test_samplers_compose_and_check_their_arguments():
             make_sampler(**{'temperature': 1.0, **kwargs})
 
 
-def test_find_checkpoint_takes_only_complete_ones(tmp_path):
-    for step, files in [(100, ['info.json', 'model.pth']), (300, ['info.json', 'model.pth']),
-                        (500, ['model.pth']), (700, [])]:
-        folder = tmp_path / 'checkpoints' / str(step)
-        folder.mkdir(parents=True)
-        for f in files:
-            (folder / f).write_text('x')
-    (tmp_path / 'checkpoints' / '900.tmp').mkdir()
-    assert generate.find_checkpoint(tmp_path) == 300
-    assert generate.find_checkpoint(tmp_path, 100) == 100
-    with pytest.raises(UserError, match='no checkpoint 500; checkpoints: 100, 300'):
-        generate.find_checkpoint(tmp_path, 500)
-
-
 @pytest.fixture
 def trained_run(project):
     main({**TINY, 'text': 'corpus.txt', 'epochs': 1, 'inner_iterations': 1, 'sample_tokens': 2}, name='gen')
@@ -131,7 +117,7 @@ def test_generate_command(trained_run, project, capsys):
 
 BAD_INPUT = [
     (['--run', 'ffff', '--prompt', 'x'], "no run 'ffff'"),
-    (['--checkpoint', '7', '--prompt', 'It'], 'no checkpoint 7; checkpoints: '),
+    (['--checkpoint', '7', '--prompt', 'It'], 'no checkpoint at step 7; it has: '),
     (['--prompt', 'Zebra?'], "not in the vocabulary: '?' 'Z'"),
     (['--prompt', 'It', '--temperature', '-1'], 'temperature must be >= 0'),
     (['--prompt', 'It', '--top-k', '0'], 'top-k must be at least 1'),

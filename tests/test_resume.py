@@ -16,7 +16,7 @@ import pytest
 import torch
 import yaml
 
-from gpt_experiment.checkpoints import find_checkpoint
+from gpt_experiment.runs import find_checkpoint
 from gpt_experiment.configs import LossNotFinite
 from gpt_experiment.main import run
 from gpt_experiment.train import main
@@ -49,8 +49,9 @@ def test_resume_repeats_the_straight_run(project):
     assert len(children) == 1
     child = children[0]
     assert yaml.safe_load((child / 'run.yaml').read_text())['load_run'] == parent.name
-    # the parent is not written to
+    # the parent is not written to, and its checkpoint is not copied into the child
     assert checkpoint_steps(parent) == [step]
+    assert step not in checkpoint_steps(child)
 
     a, b = _params(straight), _params(resumed)
     assert a.keys() == b.keys()
@@ -172,31 +173,16 @@ def test_kill_9_mid_checkpoint_leaves_the_previous_one(tmp_path, monkeypatch):
     monkeypatch.chdir(project)
     main({'epochs': 2}, resume=run_dir.name)
     child = [r for r in run_dirs(project, 'kill') if r != run_dir][0]
-    assert checkpoint_steps(child) == [steps[0], 2 * steps[0]]
-
-
-def test_newest_complete_checkpoint_is_found(tmp_path):
-    run_dir = tmp_path / 'run'
-    for step, files in ((100, {'model': 'model.pth'}), (200, {'model': 'model.pth'}), (300, None)):
-        path = run_dir / 'checkpoints' / str(step)
-        path.mkdir(parents=True)
-        (path / 'model.pth').write_bytes(b'x')
-        if files:
-            (path / 'info.json').write_text(json.dumps(files))
-    # 300 has no info.json (labml's own saver killed before its end): never picked
-    assert find_checkpoint(run_dir) == run_dir / 'checkpoints' / '200'
-    assert find_checkpoint(run_dir, 100) == run_dir / 'checkpoints' / '100'
-    # an index naming a file that is not there is not complete either
-    (run_dir / 'checkpoints' / '200' / 'info.json').write_text(json.dumps({'model': 'model.pth', 'x': 'x.pth'}))
-    assert find_checkpoint(run_dir) == run_dir / 'checkpoints' / '100'
+    # the parent's checkpoint is not copied into the child
+    assert checkpoint_steps(child) == [2 * steps[0]]
 
 
 BAD_RESUMES = [
-    (['--resume', 'nosuchrun'], ['no run nosuchrun']),
+    (['--resume', 'nosuchrun'], ["no run 'nosuchrun'"]),
     (['--checkpoint', '5'], ['--checkpoint needs --resume']),
-    (['--resume', '{run}', '--checkpoint', '7'], ['no complete checkpoint at step 7']),
+    (['--resume', '{run}', '--checkpoint', '7'], ['no checkpoint at step 7']),
     (['--resume', '{run}', '--checkpoint', 'x'], ["argument --checkpoint: invalid int value: 'x'"]),
-    (['--resume', '{truncated}'], ['cannot be loaded']),
+    (['--resume', '{truncated}'], ['model.pth is not a loadable checkpoint file', 'no complete checkpoint before it']),
     (['--resume', '{run}', 'epochs=1'], ['has done 1 of epochs=1']),
 ]
 

@@ -39,13 +39,15 @@ def test_summary_and_runs_listing(project, capsys):
                              capture_output=True, text=True, timeout=60)
     assert listing.returncode == 0, listing.stderr
     header, *rows = listing.stdout.splitlines()
-    assert header.split() == ['uuid', 'name', 'start', 'steps', 'valid', 'loss', 'checkpoints']
+    assert header.split() == ['uuid', 'name', 'start', 'status', 'duration', 'parent', 'tokens', 'best', 'valid',
+                              'checkpoints']
     assert len(rows) == 1
-    row = rows[0].split(maxsplit=5)
+    row = rows[0].split(maxsplit=9)
     assert row[0] == uuid and row[1] == 'reports'
     assert re.fullmatch(r'\d{4}-\d\d-\d\d', row[2])
-    assert row[4] == f'{tokens:,}' and row[5].split()[0] == f'{valid[-1][1]:.4f}'
-    assert row[5].split(maxsplit=1)[1] == ', '.join(str(s) for s in checkpoint_steps(run))
+    assert row[4] == 'completed' and re.fullmatch(r'0:\d\d:\d\d', row[5]) and row[6] == '-'
+    assert row[7] == f'{tokens:,}' and row[8] == f'{best:.4f}'
+    assert row[9] == ', '.join(str(s) for s in checkpoint_steps(run))
 
 
 def test_tensorboard_writer_writes_events_tensorboard_reads(project):
