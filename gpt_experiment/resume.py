@@ -20,9 +20,17 @@ labml's global step (tokens trained on) is the checkpoint's folder name; labml's
 **A resumed run is a new labml run that names its parent**: it gets its own uuid and folder
 beside the parent's, labml records the parent in its `run.yaml` (`load_run`), and its global
 step, checkpoints and tracked values continue from the checkpoint's step. The parent is never
-written to. The configuration is the parent's (its explicitly given values, from labml's
-`configs.yaml`), with any `key=value` given to `--resume` applied on top, e.g. `epochs=64` to
-train longer.
+written to, and its checkpoint is not copied into the new folder. The run is found by the
+[run store](runs.html), by its uuid or a unique prefix, as `generate` finds it.
+
+**What it is told wins.** The configuration is the parent's (its explicitly given values, from
+labml's `configs.yaml`), with any `key=value` given to `--resume` applied on top. The optimizer
+state brings back only Adam's moments and step counts: the learning rate, the warm-up and the
+schedule's length are this run's configs, so the schedule is a function of the step and of
+them (`epochs=64` trains longer on the cosine of a 64-epoch run). What cannot change is
+refused in one line: the tokenizer (the corpus is encoded with the run's `tokenizer.json`, and
+a character it does not know is an error, never a silent remapping) and the model's shape
+(the weights would not fit).
 
 **Exact at epoch boundaries.** labml saves at the end of every epoch and at the end of
 training; from those checkpoints a resumed run repeats, bit for bit on CPU, what the run would

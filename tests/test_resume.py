@@ -208,3 +208,88 @@ def test_bad_resume_is_one_line(project, capsys):
         if 'epochs=1' not in extra:
             # refused before a run folder is written
             assert sorted(p.name for p in parent.parent.iterdir()) == before, extra
+
+
+def _record_lr(monkeypatch):
+    """Every learning rate the schedule gives, as `(run, optimizer step, lr, warm-up, base lr)`."""
+    from labml_nn.optimizers.adam_warmup_cosine_decay import AdamWarmupCosineDecay
+    real, seen = AdamWarmupCosineDecay.get_lr, []
+
+    def get_lr(self, state, group):
+        lr = real(self, state, group)
+        seen.append((int(state['step']), lr, group['warmup'], group['lr']))
+        return lr
+    monkeypatch.setattr(AdamWarmupCosineDecay, 'get_lr', get_lr)
+    return seen
+
+
+SCHEDULE = {**TINY, 'text': 'corpus.txt', 'inner_iterations': 1, 'sample_tokens': 2, 'learning_rate': 3e-3,
+            'warmup_steps': 8 * 16 * 10, 'is_save_models': True}
+
+
+def test_resume_overrides_win_and_the_schedule_is_the_resumed_runs(project, monkeypatch):
+    seen = _record_lr(monkeypatch)
+    main({**SCHEDULE, 'epochs': 2}, name='straight')
+    straight = dict((s, lr) for s, lr, *_ in seen)
+    seen.clear()
+    main({**SCHEDULE, 'epochs': 1}, name='parent')
+    (parent,) = run_dirs(project, 'parent')
+    last = max(s for s, *_ in seen)
+    seen.clear()
+
+    # epochs=2 trains longer on the schedule of a straight 2-epoch run: the cosine is not the
+    # parent's 1-epoch one, whose learning rate would have climbed back up
+    main({'epochs': 2}, resume=parent.name)
+    resumed = dict((s, lr) for s, lr, *_ in seen)
+    assert min(resumed) == last + 1 and max(resumed) == max(straight)
+    for step, lr in resumed.items():
+        assert lr == pytest.approx(straight[step], rel=1e-12), step
+
+    # the learning rate and the warm-up given to --resume win over the optimizer's saved state
+    seen.clear()
+    main({'epochs': 2, 'learning_rate': 1e-2, 'warmup_steps': 8 * 16 * 100}, resume=parent.name)
+    assert {(w, base) for _, _, w, base in seen} == {(100, 1e-2)}
+    child = max(run_dirs(project, 'parent'), key=lambda r: r.stat().st_mtime)
+    assert yaml.safe_load((child / 'configs.yaml').read_text())['learning_rate']['value'] == 1e-2
+
+
+def test_resume_keeps_the_runs_tokenizer(project, capsys):
+    main({**SCHEDULE, 'epochs': 1}, name='chars')
+    (parent,) = run_dirs(project, 'chars')
+    saved = (parent / 'tokenizer.json').read_text()
+    corpus = project / 'corpus.txt'
+    text = corpus.read_text()
+
+    # every 'z' gone: a rebuilt vocabulary would shift the ids of the characters after 'z'
+    corpus.write_text(text.replace('z', 'y'))
+    main({'epochs': 2}, resume=parent.name)
+    child = [r for r in run_dirs(project, 'chars') if r != parent][0]
+    assert (child / 'tokenizer.json').read_text() == saved
+
+    # a character the run never saw is one line
+    corpus.write_text(text.replace('apples', 'Apples'))
+    capsys.readouterr()
+    assert run(['--resume', parent.name, 'epochs=2']) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["error: corpus.txt has characters that are not in the resumed run's vocabulary: 'A'; "
+                   "a run keeps its tokenizer"]
+
+    # what cannot change on resume is refused in one line: the tokenizer, the model's shape
+    corpus.write_text(text)
+    for extra, fragment in ((['tokenizer=bpe'], 'tokenizer cannot change when resuming'),
+                            (['transformer.d_model=64'], 'does not fit this run')):
+        capsys.readouterr()
+        assert run(['--resume', parent.name, 'epochs=2', *extra]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and fragment in err[0], err
+
+
+def test_resume_does_not_retrain_a_bpe_tokenizer(project):
+    main({**SCHEDULE, 'epochs': 1, 'tokenizer': 'bpe', 'bpe_vocab_size': 300}, name='bpe')
+    (parent,) = run_dirs(project, 'bpe')
+    # text appended: a retrained BPE would learn other merges
+    with open(project / 'corpus.txt', 'a') as f:
+        f.write('Quixotic zebras juggle xylophones; quixotic zebras juggle xylophones.\n' * 20)
+    main({'epochs': 2}, resume=parent.name)
+    child = [r for r in run_dirs(project, 'bpe') if r != parent][0]
+    assert (child / 'tokenizer.json').read_text() == (parent / 'tokenizer.json').read_text()
