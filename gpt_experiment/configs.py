@@ -17,7 +17,7 @@ defaults are the labml GPT recipe on Tiny Shakespeare.
 """
 
 import math
-import signal
+import time
 import warnings
 
 import numpy as np
@@ -32,7 +32,7 @@ from labml_nn.experiments.nlp_autoregression import NLPAutoRegressionConfigs
 from labml_nn.optimizers.configs import OptimizerConfigs
 from labml_nn.transformers import TransformerConfigs
 
-from . import attention, corpus, data, distributed, gpt1, sampling, tokenizers  # noqa: F401 (attention and gpt1 register options)
+from . import attention, corpus, data, distributed, gpt1, sampling, stops, tokenizers  # noqa: F401 (attention and gpt1 register options)
 from .errors import UserError
 from .model import GPT, crop_positions, init_weights
 from .optimizer import clip_grad_norm_, gpt_optimizer_configs
@@ -43,7 +43,11 @@ warnings.filterwarnings('ignore', message='Overriding option for text: tiny_shak
 
 
 class TrainingInterrupted(Exception):
-    """Raised after the step in progress when the user pressed Ctrl-C."""
+    """Raised after the step in progress when a stop was requested (Ctrl-C, SIGTERM); carries the signal."""
+
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum
 
 
 class LossNotFinite(Exception):
@@ -115,6 +119,10 @@ class Configs(NLPAutoRegressionConfigs):
     train_loader = 'shuffled_windows'
     valid_loader = 'shuffled_windows'
 
+    # Wall-clock minutes after which a checkpoint is added at the next step, besides the ones
+    # at the end of each epoch (0: only those)
+    checkpoint_minutes: float = 10.0
+
     # Training steps between two reports of loss and accuracy to labml's tracker. Metrics are
     # summed on the device in between, so that no step waits for the device to report.
     log_interval: int = 10
@@ -122,8 +130,10 @@ class Configs(NLPAutoRegressionConfigs):
     # Epochs to run: `epochs`, less those a resumed checkpoint has done
     loop_count = 'remaining_epochs'
 
-    # Set by the Ctrl-C handler while training
-    _interrupted = False
+    # Stop requests (Ctrl-C, SIGTERM) while training ([stops](stops.html))
+    _stop = None
+    # When the last checkpoint was saved (`time.monotonic()`)
+    _last_save = 0.0
     # Loss sum, correct predictions, predictions and steps since the last report
     _sums = None
     # `(global step, loss on the device)` of the steps since the last report, to name a bad one
@@ -182,9 +192,30 @@ class Configs(NLPAutoRegressionConfigs):
         ends_stretch = batch_idx.idx + 1 >= (batch_idx.iteration + 1) * batch_idx.total // batch_idx.total_iterations
         if ends_stretch or (self.mode.is_train and self._sums[3] >= self.log_interval):
             self._report()
-        # Ctrl-C stops training here, between two whole optimizer steps.
-        if self.mode.is_train and self._interrupted:
-            raise TrainingInterrupted()
+        if self.mode.is_train:
+            self._stop_or_save()
+
+    def _stop_or_save(self):
+        """
+        Between two whole optimizer steps: stop when asked (Ctrl-C, SIGTERM), or add a checkpoint
+        when `checkpoint_minutes` have passed since the last one. With several processes the
+        ranks agree first (one tiny all-reduce), whichever of them got the signal or reads the
+        clock, so that they all stop, or save, at the same step.
+        """
+        signum = self._stop.signum if self._stop is not None and self._stop.signum else 0
+        due = self.is_save_models and 0 < self.checkpoint_minutes * 60 <= time.monotonic() - self._last_save
+        if distributed.world().is_distributed:
+            signum, due = distributed.all_reduce_max(torch.tensor([signum, int(due)])).tolist()
+        if not (signum or due):
+            return
+        # Report (and check) the steps since the last report, here, where labml still names
+        # them `loss.train` and `accuracy.train`.
+        if self._sums is not None:
+            self._report()
+        if signum:
+            raise TrainingInterrupted(signum)
+        experiment.save_checkpoint()
+        self._last_save = time.monotonic()
 
     @torch.no_grad()
     def _accumulate(self, loss: torch.Tensor, output: torch.Tensor, target: torch.Tensor):
@@ -231,8 +262,8 @@ class Configs(NLPAutoRegressionConfigs):
 
     def run(self):
         """
-        labml's training loop, with Ctrl-C taken at step granularity: the first press finishes
-        the step in progress, saves a checkpoint and stops; a second press stops at once.
+        labml's training loop, stopped at step granularity by Ctrl-C or SIGTERM: the step in
+        progress finishes, a checkpoint is saved and the run ends ([stops](stops.html)).
         """
         n_params = sum(p.numel() for p in self.model.parameters())
         logger.log([('Model parameters: ', Text.key), (f'{n_params:,}', Text.value)])
@@ -242,31 +273,28 @@ class Configs(NLPAutoRegressionConfigs):
             self.init()
         _ = self.validator
         _ = self.trainer
-        # `iter` installs labml's own SIGINT handler; ours replaces it for the loop.
-        loop = iter(self.training_loop)
-        default_handler = signal.signal(signal.SIGINT, self._on_sigint)
-        try:
-            for _ in _epochs(loop):
-                self.run_step()
-                self._epochs_done += 1
-        except TrainingInterrupted:
-            monit.finish_loop()
-            # Check the steps since the last report before saving them.
-            if self._sums is not None:
-                self._report()
-            tracker.save()
-            tracker.new_line()
-            save_checkpoint_once()
-            logger.log(f'Interrupted at step {tracker.get_global_step():,}; checkpoint saved.', Text.danger)
-            raise KeyboardInterrupt() from None
-        finally:
-            signal.signal(signal.SIGINT, default_handler)
-
-    def _on_sigint(self, sig, frame):
-        if self._interrupted:
-            raise KeyboardInterrupt()
-        self._interrupted = True
-        logger.log('\nCtrl-C: stopping after this step (press again to stop now).', Text.danger)
+        with stops.StopRequests() as self._stop:
+            # `iter` installs labml's own SIGINT handler; ours goes back on top for the loop,
+            # and leaving the `with` restores what was there before either.
+            loop = iter(self.training_loop)
+            self._stop.install()
+            try:
+                for _ in _epochs(loop):
+                    # labml's loop has just saved the end of the last epoch
+                    self._last_save = time.monotonic()
+                    self.run_step()
+                    self._epochs_done += 1
+            except TrainingInterrupted as e:
+                monit.finish_loop()
+                tracker.save()
+                tracker.new_line()
+                if self.is_save_models:
+                    save_checkpoint_once()
+                saved = 'checkpoint saved' if self.is_save_models else 'no checkpoint (is_save_models=false)'
+                logger.log(f'Stopped at step {tracker.get_global_step():,}; {saved}.', Text.danger)
+                raise stops.interrupted(e.signum) from None
+            finally:
+                self._stop = None
 
 
 def _epochs(loop):
