@@ -150,7 +150,7 @@ def main(argv=None) -> int:
     parser.add_argument('--port', type=int, default=DEFAULT_PORT, help='port (default: 5005)')
     args = parser.parse_args(argv)
     if importlib.util.find_spec('labml_app') is None:
-        print('error: labml-app is not installed; pip install -r requirements.txt', file=sys.stderr)
+        print('error: labml-app is not installed; pip install "gpt-experiment[dashboard]"', file=sys.stderr)
         return 2
     print(f'labml dashboard: http://{args.host}:{args.port}/', flush=True)
     print(f'runs point at it with labml_server={api_url(args.host, args.port)} '

@@ -42,7 +42,7 @@ class _Parser(argparse.ArgumentParser):
         raise UserError(message)
 
 
-def parse_args(argv: List[str]) -> argparse.Namespace:
+def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     p = _Parser(prog='python -m gpt_experiment.generate', description='Continue a prompt from a checkpoint.')
     p.add_argument('--run', required=True, help='run uuid, or a unique prefix of one')
     p.add_argument('--checkpoint', type=int, default=None, help='global step of the checkpoint (default: newest)')
@@ -108,7 +108,8 @@ def load_model(run_dir: Path, step: int, tokenizer, device: str):
     return model.to(device).eval(), conf
 
 
-def run(argv: List[str]) -> int:
+def run(argv: Optional[List[str]] = None) -> int:
+    """The command line (`gpt-generate`; `argv` defaults to `sys.argv[1:]`)."""
     try:
         args = parse_args(argv)
         sampler = sampling.make_sampler(args.temperature, args.top_k, args.top_p)

@@ -15,7 +15,7 @@ with exit status 3; Ctrl-C saves a checkpoint and exits 130.
 
 import argparse
 import sys
-from typing import List
+from typing import List, Optional
 
 from . import cli, distributed, writers
 from .configs import Configs, LossNotFinite
@@ -28,7 +28,7 @@ class _Parser(argparse.ArgumentParser):
         raise UserError(message)
 
 
-def parse_args(argv: List[str]) -> argparse.Namespace:
+def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     parser = _Parser(prog='python -m gpt_experiment.main', add_help=False,
                      description='Train a GPT as a labml experiment.')
     parser.add_argument('items', nargs='*', metavar='PRESET.yaml | key=value',
@@ -50,8 +50,9 @@ def parse_args(argv: List[str]) -> argparse.Namespace:
     return args
 
 
-def run(argv: List[str]) -> int:
-    """The command line: one line and a non-zero status on bad input, 130 on Ctrl-C."""
+def run(argv: Optional[List[str]] = None) -> int:
+    """The command line (`gpt-train`; `argv` defaults to `sys.argv[1:]`): one line and a non-zero
+    status on bad input, 130 on Ctrl-C."""
     try:
         args = parse_args(argv)
         main(cli.overrides_from_args(args.items), name=args.name, comment=args.comment,

@@ -112,7 +112,9 @@ def format_runs(runs: List[Run]) -> str:
     return '\n'.join('  '.join(c.ljust(w) for c, w in zip(row, widths)) + '  ' + row[-1] for row in rows)
 
 
-def main(argv: List[str]) -> int:
+def main(argv: Optional[List[str]] = None) -> int:
+    """The command line (`gpt-runs`; `argv` defaults to `sys.argv[1:]`)."""
+    argv = sys.argv[1:] if argv is None else argv
     if argv and argv[0] in ('-h', '--help'):
         print(__doc__.split('```')[1].strip())
         return 0
