@@ -32,7 +32,7 @@ from labml_nn.experiments.nlp_autoregression import NLPAutoRegressionConfigs
 from labml_nn.optimizers.configs import OptimizerConfigs
 from labml_nn.transformers import TransformerConfigs
 
-from . import attention, corpus, data, distributed, gpt1, sampling, tokenizers  # noqa: F401 (attention and gpt1 register options)
+from . import attention, console, corpus, data, distributed, gpt1, sampling, tokenizers  # noqa: F401 (attention and gpt1 register options)
 from .errors import UserError
 from .model import GPT, crop_positions, init_weights
 from .optimizer import clip_grad_norm_, gpt_optimizer_configs
@@ -215,7 +215,9 @@ class Configs(NLPAutoRegressionConfigs):
             raise LossNotFinite(f'{"training" if self.mode.is_train else "validation"} loss is not finite '
                                 f'at step {bad:,} (tokens)')
         tracker.add({'loss.': loss / steps, 'accuracy.': correct / count})
-        tracker.save()
+        # Piped, each report is one line of the log ([console](console.html)).
+        with console.report_line():
+            tracker.save()
 
     def sample(self):
         """Greedy continuation of the prompt, printed and tracked as `sampled` (by rank 0)."""
@@ -225,7 +227,7 @@ class Configs(NLPAutoRegressionConfigs):
                                            seq_len=self.seq_len, separator=self.prompt_separator,
                                            device=self.device)
         tracker.add({'sampled': self.prompt + ''.join(out)})
-        logger.log([(self.prompt, Text.subtle)] + [(t, Text.value) for t in out])
+        logger.log([(self.prompt, Text.subtle), (''.join(out), Text.value)])
 
     def run(self):
         """

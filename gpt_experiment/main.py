@@ -40,6 +40,7 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     parser.add_argument('--writers', default=','.join(writers.DEFAULT),
                         help='labml writers, comma-separated: screen, sqlite, web_api (the dashboard), '
                              'tensorboard, file (default: %(default)s)')
+    parser.add_argument('-v', '--verbose', action='store_true', help="show labml's `Prepare <config>` sections")
     parser.add_argument('-h', '--help', action='store_true', help='list every config key and exit')
     args = parser.parse_args(argv)
     if args.help:
@@ -56,7 +57,8 @@ def run(argv: Optional[List[str]] = None) -> int:
     try:
         args = parse_args(argv)
         main(cli.overrides_from_args(args.items), name=args.name, comment=args.comment,
-             resume=args.resume, checkpoint=args.checkpoint, writers=args.writers)
+             resume=args.resume, checkpoint=args.checkpoint, writers=args.writers,
+             verbose=args.verbose)
     except UserError as e:
         print(f'error: {e}', file=sys.stderr)
         return 2

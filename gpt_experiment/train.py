@@ -17,7 +17,7 @@ from typing import Any, Dict, Iterable, Optional, Union
 
 from labml import experiment, lab, tracker
 
-from . import checkpoints, cli, dashboard, distributed, summary, writers as writers_
+from . import checkpoints, cli, console, dashboard, distributed, summary, writers as writers_
 from . import resume as resume_state
 from .configs import Configs, check_configs, compute_ahead
 from .errors import UserError
@@ -37,13 +37,15 @@ def project_path() -> Optional[str]:
 
 def main(overrides: Optional[Dict[str, Any]] = None, *, name: Optional[str] = None, comment: str = '',
          resume: Optional[str] = None, checkpoint: Optional[int] = None,
-         writers: Union[str, Iterable[str]] = writers_.DEFAULT) -> Configs:
+         writers: Union[str, Iterable[str]] = writers_.DEFAULT, verbose: bool = False) -> Configs:
     """
     Train a GPT with `overrides` applied to the defaults; returns the computed configs.
     `resume` (a run uuid) continues that run from its newest complete checkpoint, or from
     `checkpoint`, as a new run ([resume](resume.html)). Under torchrun, every process calls
-    this ([distributed](distributed.html)). `writers` are labml's ([writers](writers.html)).
+    this ([distributed](distributed.html)). `writers` are labml's ([writers](writers.html)); `verbose`
+    shows labml's `Prepare <config>` sections ([console](console.html)).
     """
+    console.install(verbose)
     overrides = cli.check_overrides(Configs, overrides or {})
     writers = writers_.check_writers(writers)
     world = distributed.setup()
@@ -82,6 +84,8 @@ def main(overrides: Optional[Dict[str, Any]] = None, *, name: Optional[str] = No
     started = time.time()
     try:
         with experiment.start():
+            # in the dashboard's runs list while it trains
+            dashboard.claim_soon(dashboard_api, run.uuid)
             conf.run()
     finally:
         seconds = time.time() - started
