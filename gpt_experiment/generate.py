@@ -2,13 +2,13 @@
 # Generate
 
 ```
-python -m gpt_experiment.generate --run UUID [--checkpoint STEP] (--prompt TEXT | --prompt-file FILE)
-    [--max-new-tokens N] [--temperature T] [--top-k K] [--top-p P] [--num-samples S] [--seed N]
+gpt-generate [--run UUID] [--checkpoint STEP] [--prompt TEXT | --prompt-file FILE] [--max-new-tokens N] [--temperature T] [--top-k K] [--top-p P] [--num-samples S] [--seed N]
     [--device D] [--no-cache] [--slide N]
 ```
 
 Continues a prompt from a run's checkpoint and streams the text to stdout as it is produced.
-The run is found under labml's `logs/` by its uuid or a unique prefix of it; its configs are
+The run is found under labml's `logs/` by its uuid or a unique prefix of it (the newest run
+with a checkpoint by default), and the prompt is the run's own (`prompt`) unless given; its configs are
 read back with labml's `experiment.load_configs` and applied to a fresh `Configs`, which
 rebuilds the same model (the vocabulary size comes from the tokenizer saved in the run's
 folder, so the corpus is not needed); the checkpoint is loaded through labml
@@ -16,7 +16,8 @@ folder, so the corpus is not needed); the checkpoint is loaded through labml
 cache, is in [sampling](sampling.html).
 
 Bad input (an unknown run or checkpoint, with what exists listed; prompt characters outside a
-character vocabulary; temperature < 0, top-k < 1, top-p outside (0, 1]) is one line on stderr
+character vocabulary; temperature < 0, top-k < 1, top-p outside (0, 1]; a device that does not
+exist, or CUDA with a torch built without it) is one line on stderr
 and exit status 2. A prompt longer than the context is cropped to its last `seq_len` tokens,
 with a warning on stderr.
 """
@@ -32,7 +33,7 @@ import torch
 
 from labml import experiment, lab
 
-from . import sampling, tokenizers
+from . import runs as runs_, sampling, tokenizers
 from .errors import UserError
 from .train import project_path
 
@@ -44,10 +45,10 @@ class _Parser(argparse.ArgumentParser):
 
 def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     p = _Parser(prog='python -m gpt_experiment.generate', description='Continue a prompt from a checkpoint.')
-    p.add_argument('--run', required=True, help='run uuid, or a unique prefix of one')
+    p.add_argument('--run', help='run uuid, or a unique prefix of one (default: the newest run with a checkpoint)')
     p.add_argument('--checkpoint', type=int, default=None, help='global step of the checkpoint (default: newest)')
-    prompt = p.add_mutually_exclusive_group(required=True)
-    prompt.add_argument('--prompt', help='text to continue')
+    prompt = p.add_mutually_exclusive_group()
+    prompt.add_argument('--prompt', help="text to continue (default: the run's own prompt)")
     prompt.add_argument('--prompt-file', help='UTF-8 file with the text to continue')
     p.add_argument('--max-new-tokens', type=int, default=200)
     p.add_argument('--temperature', type=float, default=1.0, help='0 is greedy')
@@ -62,9 +63,17 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def find_run(uuid_prefix: str) -> Path:
-    """The run folder `logs/<name>/<uuid>` whose uuid starts with `uuid_prefix`."""
+def find_run(uuid_prefix: Optional[str]) -> Path:
+    """
+    The run folder `logs/<name>/<uuid>` whose uuid starts with `uuid_prefix`; with `None`, the
+    newest run that has a checkpoint.
+    """
     root = Path(lab.get_experiments_path())
+    if uuid_prefix is None:
+        with_checkpoints = [r.path for r in runs_.list_runs(root) if r.checkpoints]
+        if not with_checkpoints:
+            raise UserError(f'no run with a checkpoint in {root}; train one first, or give --run')
+        return with_checkpoints[-1]
     runs = sorted(p for p in root.glob('*/*') if p.is_dir() and (p / 'run.yaml').is_file())
     matches = [p for p in runs if p.name.startswith(uuid_prefix)]
     if len(matches) == 1:
@@ -94,6 +103,19 @@ def find_checkpoint(run_dir: Path, step: Optional[int] = None) -> int:
     return step
 
 
+def check_device(name: str) -> torch.device:
+    """`--device`, checked by putting a tensor there: a device that does not exist, or CUDA with a
+    torch built without it, is a `UserError` of one line."""
+    try:
+        device = torch.device(name)
+        torch.empty(1, device=device)
+    except (RuntimeError, AssertionError, NotImplementedError) as e:
+        raise UserError(f'--device {name}: {str(e).strip().splitlines()[0]}') from None
+    if device.type == 'meta':
+        raise UserError('--device meta: meta tensors hold no values to generate from')
+    return device
+
+
 def load_model(run_dir: Path, step: int, tokenizer, device: str):
     """Rebuild the run's `Configs` and model, and load the checkpoint through labml."""
     from .configs import Configs
@@ -115,15 +137,13 @@ def run(argv: Optional[List[str]] = None) -> int:
         sampler = sampling.make_sampler(args.temperature, args.top_k, args.top_p)
         if args.max_new_tokens < 1 or args.num_samples < 1:
             raise UserError('--max-new-tokens and --num-samples must be at least 1')
+        device = check_device(args.device)
+        prompt = args.prompt
         if args.prompt_file is not None:
             try:
                 prompt = Path(args.prompt_file).read_text(encoding='utf-8')
             except (OSError, UnicodeDecodeError) as e:
                 raise UserError(f'cannot read prompt file {args.prompt_file}: {e}') from None
-        else:
-            prompt = args.prompt
-        if not prompt:
-            raise UserError('prompt is empty: generation needs at least one token to start from')
 
         # labml reports what it builds and loads on stdout, which is the generated text's; errors
         # are ours to report, in one line.
@@ -132,10 +152,16 @@ def run(argv: Optional[List[str]] = None) -> int:
             run_dir = find_run(args.run)
             step = find_checkpoint(run_dir, args.checkpoint)
             tokenizer = tokenizers.load(run_dir)
-            missing = tokenizer.unknown(prompt)
-            if missing:
-                raise UserError('prompt has characters that are not in the vocabulary: ' + ' '.join(map(repr, missing)))
-            model, conf = load_model(run_dir, step, tokenizer, args.device)
+            model, conf = load_model(run_dir, step, tokenizer, device)
+        if args.run is None:
+            print(f'run {run_dir.parent.name}/{run_dir.name}, checkpoint {step}', file=sys.stderr)
+        # the run's own prompt, by default
+        prompt = conf.prompt if prompt is None else prompt
+        if not prompt:
+            raise UserError('prompt is empty: generation needs at least one token to start from')
+        missing = tokenizer.unknown(prompt)
+        if missing:
+            raise UserError('prompt has characters that are not in the vocabulary: ' + ' '.join(map(repr, missing)))
         ids = tokenizer.encode(prompt)
         if len(ids) > conf.seq_len:
             print(f'warning: the prompt has {len(ids)} tokens; keeping the last {conf.seq_len} (the context)',
@@ -143,7 +169,7 @@ def run(argv: Optional[List[str]] = None) -> int:
             ids = ids[-conf.seq_len:]
         if args.slide is not None and not 1 <= args.slide < conf.seq_len:
             raise UserError(f'--slide must be in [1, {conf.seq_len - 1}], got {args.slide}')
-        prompt_ids = torch.tensor(ids, dtype=torch.long, device=args.device)
+        prompt_ids = torch.tensor(ids, dtype=torch.long, device=device)
     except UserError as e:
         print(f'error: {e}', file=sys.stderr)
         return 2
