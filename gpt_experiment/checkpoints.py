@@ -33,9 +33,10 @@ from typing import Any, Callable, Dict, List, Optional
 import torch
 
 from labml import experiment
-from labml.internal.experiment import CheckpointSaver, ModelSaver
 
 from .errors import UserError
+from . import labml_glue
+from .labml_glue import CheckpointSaver, ModelSaver
 
 INFO = 'info.json'
 
@@ -88,8 +89,6 @@ class AtomicCheckpointSaver(CheckpointSaver):
             raise UserError(f'checkpoint {checkpoint_path} is incomplete')
         try:
             super().load(checkpoint_path, models)
-        except UserError:
-            raise
         except Exception as e:  # a truncated or foreign file: torch's unpickler says why
             detail = ' '.join(str(e).split())[:200]
             raise UserError(f'checkpoint {checkpoint_path} cannot be loaded ({e.__class__.__name__}: {detail})') from None
@@ -123,8 +122,7 @@ def model_saver(name: str, model: torch.nn.Module) -> TorchStateSaver:
 
 def install(savers: Dict[str, ModelSaver]):
     """Make the current labml experiment save atomically, with these savers."""
-    exp = experiment._experiment_singleton()
-    exp.checkpoint_saver = AtomicCheckpointSaver(exp.run.checkpoint_path)
+    labml_glue.set_checkpoint_saver(AtomicCheckpointSaver(labml_glue.checkpoint_path()))
     experiment.add_model_savers(savers)
 
 

@@ -26,9 +26,7 @@ import shutil
 import sys
 from typing import List, Optional, Tuple
 
-from labml.internal.logger import logger_singleton  # labml private: the logger's destinations
-from labml.internal.logger.destinations import Destination  # labml private
-from labml.internal.logger.destinations.console import ConsoleDestination  # labml private
+from .labml_glue import ConsoleDestination, Destination, logger_destinations
 
 # Erase the terminal's current line (the status line labml rewrites)
 CLEAR_LINE = '\r\x1b[2K'
@@ -124,7 +122,7 @@ def install(verbose: bool = False) -> Console:
     Put a `Console` in place of labml's terminal destination (a notebook's destinations are left
     alone). Call again to change `verbose`.
     """
-    destinations = logger_singleton()._Logger__destinations  # labml private
+    destinations = logger_destinations()
     console = Console(live=sys.stdout.isatty(), color=colors_wanted(), verbose=verbose)
     for i, d in enumerate(destinations):
         if isinstance(d, Console) or (isinstance(d, ConsoleDestination) and d.is_screen):
@@ -135,7 +133,7 @@ def install(verbose: bool = False) -> Console:
 @contextlib.contextmanager
 def report_line():
     """Print the status line that a `tracker.save()` inside makes as one line (when not live)."""
-    consoles = [d for d in logger_singleton()._Logger__destinations if isinstance(d, Console)]  # labml private
+    consoles = [d for d in logger_destinations() if isinstance(d, Console)]
     for c in consoles:
         c.committing = True
     try:

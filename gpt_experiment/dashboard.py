@@ -49,6 +49,8 @@ from urllib.parse import urlsplit
 from labml import logger
 from labml.logger import Text
 
+from . import labml_glue
+
 DEFAULT_HOST = '127.0.0.1'
 DEFAULT_PORT = 5005
 # How long we wait, after training, for a dashboard that answers to take the last updates;
@@ -60,20 +62,12 @@ PROBE_SECONDS = 2
 
 def data_folder():
     """Where the app keeps the runs it was sent: `~/.labml/app/data`."""
-    from labml.internal.computer.configs import computer_singleton
-    return computer_singleton().app_folder / 'data'
+    return labml_glue.app_folder() / 'data'
 
 
 def api_url(host: str, port: int) -> str:
     """The value of `labml_server` for a dashboard at `host:port`."""
     return f'http://{host}:{port}/api/v1'
-
-
-def configured_url() -> Optional[str]:
-    """The `web_api` URL labml will send to (`.labml.yaml` or `labml_server`), if any."""
-    from labml.internal.lab import lab_singleton
-    web_api = lab_singleton().web_api
-    return web_api.url if web_api is not None else None
 
 
 def app_url(url: str) -> str:
@@ -98,21 +92,18 @@ def connect(writers: Set[str]) -> Optional[str]:
     After `experiment.create` and before `experiment.start`: keep the `web_api` writer only
     when a dashboard is configured and answers. Returns its URL, or `None`.
     """
-    from labml.internal.api import ApiCaller
-    from labml.internal.experiment import experiment_singleton
-
     if 'web_api' not in writers:
         return None
-    url = configured_url()
+    url = labml_glue.configured_dashboard_url()
     if url is not None and not reachable(url):
         logger.log(f'Dashboard not reached at {app_url(url)}; training without it.', Text.warning)
         url = None
     if url is None:
-        experiment_singleton().writers.discard('web_api')
+        labml_glue.drop_writer('web_api')
         return None
-    # labml's sender thread is not a daemon: with the dashboard gone, the interpreter would
-    # wait for its retries forever. `finish` waits for it instead, for a bounded time.
-    ApiCaller.__init__.__kwdefaults__['daemon'] = True
+    # The run starts with labml's sender thread a daemon (`labml_glue.start`): with the
+    # dashboard gone, the interpreter would wait for its retries forever. `finish` waits for
+    # it instead, for a bounded time.
     return url
 
 
@@ -123,9 +114,7 @@ def finish(url: Optional[str], run_uuid: str) -> Optional[str]:
     """
     if url is None:
         return None
-    from labml.internal.experiment import experiment_singleton
-    web_api = experiment_singleton().web_api
-    thread = web_api.api_caller.thread if web_api is not None else None
+    thread = labml_glue.dashboard_sender_thread()
     if thread is not None and reachable(url):
         thread.join(FLUSH_SECONDS)
     if thread is None or thread.is_alive() or thread.errored or not reachable(url):

@@ -18,7 +18,8 @@ import sys
 from typing import List, Optional
 
 from . import cli, distributed, writers
-from .configs import Configs, LossNotFinite
+from .configs import Configs
+from .metrics import LossNotFinite
 from .errors import UserError
 from .train import main
 
