@@ -34,9 +34,10 @@ import torch
 import yaml
 
 from labml import experiment
-from labml.internal.experiment import CheckpointSaver, ModelSaver
 
 from .errors import UserError
+from . import labml_glue
+from .labml_glue import CheckpointSaver, ModelSaver
 
 INFO = 'info.json'
 
@@ -148,8 +149,7 @@ def install(savers: Dict[str, ModelSaver], *, resumed_step: Optional[int] = None
     `resumed_step`, the parent's checkpoint it starts from: labml's loop would save it again
     at its first iteration, a duplicate of a checkpoint the parent holds.
     """
-    exp = experiment._experiment_singleton()  # labml private: the experiment's checkpoint saver
-    exp.checkpoint_saver = AtomicCheckpointSaver(exp.run.checkpoint_path, skip_step=resumed_step)
+    labml_glue.set_checkpoint_saver(AtomicCheckpointSaver(labml_glue.checkpoint_path(), skip_step=resumed_step))
     experiment.add_model_savers(savers)
 
 

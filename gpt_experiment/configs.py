@@ -12,11 +12,14 @@ training/validation loop, loss, accuracy, periodic samples) and adds, as `@optio
 * `text`, `train_loader`, `valid_loader`: [data](data.html) that checks what it reads and
   cuts batches by index.
 
+The training step is labml_nn's, with its metrics kept on the device ([metrics](metrics.html)).
+Values are checked in [checks](checks.html), and what labml does not offer publicly is in
+[labml_glue](labml_glue.html).
+
 Every value can be overridden with labml's `experiment.configs(conf, overrides)`; the
 defaults are the labml GPT recipe on Tiny Shakespeare.
 """
 
-import math
 import time
 import warnings
 
@@ -32,10 +35,12 @@ from labml_nn.experiments.nlp_autoregression import NLPAutoRegressionConfigs
 from labml_nn.optimizers.configs import OptimizerConfigs
 from labml_nn.transformers import TransformerConfigs
 
-from . import attention, corpus, data, distributed, gpt1, sampling, stops, tokenizers  # noqa: F401 (attention and gpt1 register options)
+from . import attention, console, corpus, data, distributed, gpt1, labml_glue, sampling, stops, tokenizers  # noqa: F401 (attention and gpt1 register options)
 from .errors import UserError
+from .metrics import StepMetrics
 from .model import GPT, crop_positions, init_weights
-from .optimizer import clip_grad_norm_, gpt_optimizer_configs
+from .optimizer import (DecayRule, clip_grad_norm_, decay_groups, gpt_optimizer_configs, linear_weights,
+                        matrix_weights)
 
 # We replace labml_nn's `tiny_shakespeare` option with one that checks its input; labml warns
 # about the replacement each time a `Configs` is made.
@@ -48,10 +53,6 @@ class TrainingInterrupted(Exception):
     def __init__(self, signum: int):
         super().__init__(signum)
         self.signum = signum
-
-
-class LossNotFinite(Exception):
-    """Raised at the report that finds a NaN or infinite loss; nothing is saved after it."""
 
 
 class Configs(NLPAutoRegressionConfigs):
@@ -71,8 +72,8 @@ class Configs(NLPAutoRegressionConfigs):
     # GPT's optimizer
     optimizer = 'transformer_optimizer'
     # Which parameters decay: `linear` (minGPT: `nn.Linear` weights) or `matrices` (GPT-1: every
-    # weight but biases and gains)
-    weight_decay_params = 'linear'
+    # weight but biases and gains); the option is the rule itself ([optimizer](optimizer.html))
+    weight_decay_params: DecayRule = 'linear'
 
     # GPT-1 options (see [gpt1](gpt1.html)), off by default
     # The generator's weight is the token embedding matrix
@@ -134,10 +135,8 @@ class Configs(NLPAutoRegressionConfigs):
     _stop = None
     # When the last checkpoint was saved (`time.monotonic()`)
     _last_save = 0.0
-    # Loss sum, correct predictions, predictions and steps since the last report
-    _sums = None
-    # `(global step, loss on the device)` of the steps since the last report, to name a bad one
-    _recent = None
+    # Loss and accuracy since the last report, on the device ([metrics](metrics.html))
+    _metrics = None
     # Whole epochs trained (saved in checkpoints, for resume)
     _epochs_done = 0
     # The tokenizer of the run being resumed, which the corpus is encoded with (never rebuilt)
@@ -175,7 +174,9 @@ class Configs(NLPAutoRegressionConfigs):
             # (without gradients) for a small share of the time.
             output, *_ = (self.train_model if self.mode.is_train else self.model)(data)
             loss = self.loss_func(output, target)
-        self._accumulate(loss, output, target)
+        if self._metrics is None:
+            self._metrics = StepMetrics()
+        self._metrics.add(tracker.get_global_step(), loss, output, target)
 
         if self.mode.is_train:
             self.grad_scaler.scale(loss).backward()
@@ -190,7 +191,7 @@ class Configs(NLPAutoRegressionConfigs):
 
         # Report every `log_interval` steps and at the end of each train or valid stretch.
         ends_stretch = batch_idx.idx + 1 >= (batch_idx.iteration + 1) * batch_idx.total // batch_idx.total_iterations
-        if ends_stretch or (self.mode.is_train and self._sums[3] >= self.log_interval):
+        if ends_stretch or (self.mode.is_train and self._metrics.steps >= self.log_interval):
             self._report()
         if self.mode.is_train:
             self._stop_or_save()
@@ -210,45 +211,20 @@ class Configs(NLPAutoRegressionConfigs):
             return
         # Report (and check) the steps since the last report, here, where labml still names
         # them `loss.train` and `accuracy.train`.
-        if self._sums is not None:
+        if self._metrics is not None:
             self._report()
         if signum:
             raise TrainingInterrupted(signum)
         experiment.save_checkpoint()
         self._last_save = time.monotonic()
 
-    @torch.no_grad()
-    def _accumulate(self, loss: torch.Tensor, output: torch.Tensor, target: torch.Tensor):
-        if self._sums is None:
-            self._sums = [0., 0, 0, 0]
-            self._recent = []
-        self._recent.append((tracker.get_global_step(), loss.detach()))
-        correct = (output.argmax(dim=-1) == target).sum()
-        self._sums = [self._sums[0] + loss.detach().float(), self._sums[1] + correct,
-                      self._sums[2] + target.numel(), self._sums[3] + 1]
-
     def _report(self):
-        """
-        Hand the mean loss and the accuracy since the last report to labml (one device sync;
-        with several processes, summed over them first).
-
-        The loss is checked here rather than at every step, which would wait for the device at
-        every step: a NaN or infinity in any step makes the sum non-finite, and every
-        checkpoint is written after a report (labml saves between epochs, which end with one;
-        Ctrl-C reports before saving). So a bad step stops the run at most `log_interval` steps
-        later, with weights that the steps since may have spoiled, but before they are saved.
-        """
-        loss_sum, correct, count, steps = self._sums
-        sums = torch.stack([torch.as_tensor(v, dtype=torch.float64, device=self.device)
-                            for v in (loss_sum, correct, count, steps)])
-        loss, correct, count, steps = distributed.all_reduce_sum(sums).tolist()
-        recent, self._sums, self._recent = self._recent, None, None
-        if not math.isfinite(loss):
-            bad = next((s for s, v in recent if not torch.isfinite(v)), recent[-1][0])
-            raise LossNotFinite(f'{"training" if self.mode.is_train else "validation"} loss is not finite '
-                                f'at step {bad:,} (tokens)')
-        tracker.add({'loss.': loss / steps, 'accuracy.': correct / count})
-        tracker.save()
+        """Hand the metrics since the last report to labml's tracker (one device sync)."""
+        metrics, self._metrics = self._metrics, None
+        tracker.add(metrics.report(self.device, 'training' if self.mode.is_train else 'validation'))
+        # Piped, each report is one line of the log ([console](console.html)).
+        with console.report_line():
+            tracker.save()
 
     def sample(self):
         """Greedy continuation of the prompt, printed and tracked as `sampled` (by rank 0)."""
@@ -258,7 +234,7 @@ class Configs(NLPAutoRegressionConfigs):
                                            seq_len=self.seq_len, separator=self.prompt_separator,
                                            device=self.device)
         tracker.add({'sampled': self.prompt + ''.join(out)})
-        logger.log([(self.prompt, Text.subtle)] + [(t, Text.value) for t in out])
+        logger.log([(self.prompt, Text.subtle), (''.join(out), Text.value)])
 
     def run(self):
         """
@@ -268,7 +244,7 @@ class Configs(NLPAutoRegressionConfigs):
         n_params = sum(p.numel() for p in self.model.parameters())
         logger.log([('Model parameters: ', Text.key), (f'{n_params:,}', Text.value)])
         # The tokenizer goes with the run, for `generate`.
-        tokenizers.save(corpus.tokenizer_of(self.text), experiment._experiment_singleton().run.run_path)
+        tokenizers.save(corpus.tokenizer_of(self.text), labml_glue.run_path())
         with monit.section('Initialize'):
             self.init()
         _ = self.validator
@@ -285,9 +261,7 @@ class Configs(NLPAutoRegressionConfigs):
                     self.run_step()
                     self._epochs_done += 1
             except TrainingInterrupted as e:
-                monit.finish_loop()
-                tracker.save()
-                tracker.new_line()
+                labml_glue.close_training_loop()
                 if self.is_save_models:
                     save_checkpoint_once()
                 saved = 'checkpoint saved' if self.is_save_models else 'no checkpoint (is_save_models=false)'
@@ -308,34 +282,8 @@ def _epochs(loop):
 
 def save_checkpoint_once():
     """Save a checkpoint at the current global step unless one is already there."""
-    run_path = experiment._experiment_singleton().run.checkpoint_path
-    if not (run_path / str(tracker.get_global_step())).exists():
+    if not (labml_glue.checkpoint_path() / str(tracker.get_global_step())).exists():
         experiment.save_checkpoint()
-
-
-def check_configs(c: Configs):
-    """
-    Refuse impossible configurations before anything is built or written. Sizes must be
-    positive, heads must divide the width, and the prompt must be in the vocabulary (which
-    loads the data, and with it checks the corpus).
-    """
-    sizes = {'seq_len': c.seq_len, 'batch_size': c.batch_size, 'epochs': c.epochs,
-             'inner_iterations': c.inner_iterations, 'transformer.d_model': c.transformer.d_model,
-             'transformer.n_heads': c.transformer.n_heads, 'transformer.n_layers': c.transformer.n_layers,
-             'transformer.ffn.d_ff': c.transformer.ffn.d_ff}
-    for key, value in sizes.items():
-        if value <= 0:
-            raise UserError(f'{key} must be positive, got {value}')
-    if c.transformer.d_model % c.transformer.n_heads:
-        raise UserError(f'transformer.d_model={c.transformer.d_model} is not divisible by '
-                        f'transformer.n_heads={c.transformer.n_heads}')
-    if not 0 <= c.transformer.dropout < 1:
-        raise UserError(f'transformer.dropout must be in [0, 1), got {c.transformer.dropout}')
-    if not 0 <= c.embedding_dropout < 1:
-        raise UserError(f'embedding_dropout must be in [0, 1), got {c.embedding_dropout}')
-    if c.bpe_vocab_size < 257:
-        raise UserError(f'bpe_vocab_size must be at least 257 (the 256 bytes and one merge), got {c.bpe_vocab_size}')
-    sampling.check_prompt(c.prompt, c.text)
 
 
 @option(Configs.device, 'device_configs')
@@ -367,19 +315,6 @@ def _grad_scaler(c: Configs):
 def _no_state_modules():
     """No state modules: accuracy is counted on the device by `step`."""
     return []
-
-
-def compute_ahead(c: Configs):
-    """
-    Compute now every config that training reads. labml rewrites the run's `configs.yaml` (a
-    pure-Python YAML dump of every key, about a fifth of a second) each time a config is first
-    computed after `experiment.start()`; computed lazily, the first steps would pay for two
-    dozen of them. The loop count waits: it depends on the checkpoint a resumed run loads at
-    the start.
-    """
-    for key in dir(c):
-        if key not in ('loop_count', 'training_loop'):
-            getattr(c, key)
 
 
 @option(Configs.train_model)
@@ -441,22 +376,20 @@ def transformer_optimizer(c: Configs) -> OptimizerConfigs:
 
     Warm-up and total length are given in tokens and converted to optimizer steps.
     """
-    conf = gpt_optimizer_configs(c.model, weight_decay=c.weight_decay, learning_rate=c.learning_rate,
+    groups = decay_groups(c.model, c.weight_decay, c.weight_decay_params)
+    return gpt_optimizer_configs(groups, weight_decay=c.weight_decay, learning_rate=c.learning_rate,
                                  d_model=c.transformer.d_model, warmup_tokens=c.warmup_steps,
-                                 tokens_per_step=c.batch_size * c.seq_len,
-                                 total_steps=c.epochs * len(c.train_loader))
-    conf.parameters = gpt1.decay_groups(c.model, c.weight_decay, c.weight_decay_params)
-    return conf
+                                 tokens_per_step=c.batch_size * c.seq_len, total_steps=c.epochs * len(c.train_loader))
 
 
 @option(Configs.weight_decay_params, 'linear')
 def _decay_linear():
-    return 'linear'
+    return linear_weights
 
 
 @option(Configs.weight_decay_params, 'matrices')
 def _decay_matrices():
-    return 'matrices'
+    return matrix_weights
 
 
 @option(Configs.tokenizer, 'bpe')

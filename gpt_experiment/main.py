@@ -16,10 +16,11 @@ finishes the step, saves a checkpoint and exits 130 or 143 ([stops](stops.html))
 
 import argparse
 import sys
-from typing import List
+from typing import List, Optional
 
 from . import cli, distributed, stops, writers
-from .configs import Configs, LossNotFinite
+from .configs import Configs
+from .metrics import LossNotFinite
 from .errors import UserError
 from .train import main
 
@@ -29,7 +30,7 @@ class _Parser(argparse.ArgumentParser):
         raise UserError(message)
 
 
-def parse_args(argv: List[str]) -> argparse.Namespace:
+def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     parser = _Parser(prog='python -m gpt_experiment.main', add_help=False,
                      description='Train a GPT as a labml experiment.')
     parser.add_argument('items', nargs='*', metavar='PRESET.yaml | key=value',
@@ -41,6 +42,7 @@ def parse_args(argv: List[str]) -> argparse.Namespace:
     parser.add_argument('--writers', default=','.join(writers.DEFAULT),
                         help='labml writers, comma-separated: screen, sqlite, web_api (the dashboard), '
                              'tensorboard, file (default: %(default)s)')
+    parser.add_argument('-v', '--verbose', action='store_true', help="show labml's `Prepare <config>` sections")
     parser.add_argument('-h', '--help', action='store_true', help='list every config key and exit')
     args = parser.parse_args(argv)
     if args.help:
@@ -51,12 +53,14 @@ def parse_args(argv: List[str]) -> argparse.Namespace:
     return args
 
 
-def run(argv: List[str]) -> int:
-    """The command line: one line and a non-zero status on bad input, 130 on Ctrl-C, 143 on SIGTERM."""
+def run(argv: Optional[List[str]] = None) -> int:
+    """The command line (`gpt-train`; `argv` defaults to `sys.argv[1:]`): one line and a non-zero
+    status on bad input, 130 on Ctrl-C, 143 on SIGTERM."""
     try:
         args = parse_args(argv)
         main(cli.overrides_from_args(args.items), name=args.name, comment=args.comment,
-             resume=args.resume, checkpoint=args.checkpoint, writers=args.writers)
+             resume=args.resume, checkpoint=args.checkpoint, writers=args.writers,
+             verbose=args.verbose)
     except UserError as e:
         print(f'error: {e}', file=sys.stderr)
         return 2

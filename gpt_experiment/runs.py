@@ -13,6 +13,7 @@ the listing below and any later command go through it:
 * `project_path()`, `logs_path()`: the labml project around the current directory, and its `logs/`;
 * `find_run(uuid_or_prefix)`: a run's folder from its full uuid or a unique prefix (a
   distributed run's `<uuid>.0` is that run); no match, or several, is one line naming them;
+  `newest_run_with_checkpoint()`, the default of `generate`;
 * `checkpoint_steps(run_dir)`, `find_checkpoint(run_dir, step)`: its complete checkpoints
   (judged by [checkpoints](checkpoints.html)), and the one to load: `step`, or the newest,
   refusing a damaged newest one with the name of the newest complete one;
@@ -105,6 +106,15 @@ def find_run(uuid_or_prefix: str, logs: Optional[Path] = None) -> Path:
     if matches:
         raise UserError(f'run prefix {uuid_or_prefix!r} is ambiguous: {listing}')
     raise UserError(f'no run {uuid_or_prefix!r} in {logs}; runs: {listing}')
+
+
+def newest_run_with_checkpoint(logs: Optional[Path] = None) -> Path:
+    """The most recently started run that has a complete checkpoint (`generate`'s default)."""
+    logs = logs_path() if logs is None else logs
+    with_checkpoints = [r.path for r in list_runs(logs) if r.checkpoints]
+    if not with_checkpoints:
+        raise UserError(f'no run with a checkpoint in {logs}; train one first, or give --run')
+    return with_checkpoints[-1]
 
 
 # ## Checkpoints of a run
@@ -323,7 +333,9 @@ def format_runs(runs: List[Run]) -> str:
     return '\n'.join('  '.join(c.ljust(w) for c, w in zip(row, widths)) + '  ' + row[-1] for row in rows)
 
 
-def main(argv: List[str]) -> int:
+def main(argv: Optional[List[str]] = None) -> int:
+    """The command line (`gpt-runs`; `argv` defaults to `sys.argv[1:]`)."""
+    argv = sys.argv[1:] if argv is None else argv
     if argv and argv[0] in ('-h', '--help'):
         print(__doc__.split('```')[1].strip())
         return 0

@@ -17,7 +17,7 @@ import torch
 import yaml
 
 from gpt_experiment.runs import find_checkpoint
-from gpt_experiment.configs import LossNotFinite
+from gpt_experiment.metrics import LossNotFinite
 from gpt_experiment.main import run
 from gpt_experiment.train import main
 

@@ -51,7 +51,7 @@ def test_summary_and_runs_listing(project, capsys):
 
 
 def test_tensorboard_writer_writes_events_tensorboard_reads(project):
-    pytest.importorskip('tensorboard', reason='TensorBoard is an optional extra: pip install -r requirements-extras.txt')
+    pytest.importorskip('tensorboard', reason='TensorBoard is an optional extra: pip install "gpt-experiment[tensorboard]"')
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
     run_cli([*(f'{k}={v}' for k, v in SHORT.items()),
              '--name', 'tb', '--writers', 'screen,sqlite,tensorboard'], cwd=project).check_returncode()
