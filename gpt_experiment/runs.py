@@ -231,16 +231,6 @@ def _ending(run_dir: Path) -> Optional[Dict[str, Any]]:
         raise UserError(f'{path} is not labml run log') from None
 
 
-def _is_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def _pid(run_dir: Path) -> Optional[int]:
     pids = sorted((run_dir / 'pids').glob('*.pid'))
     try:
@@ -258,7 +248,7 @@ def status(run_dir: Path) -> str:
     ending = _ending(run_dir)
     if ending is None:
         pid = _pid(run_dir)
-        return 'running' if pid is not None and _is_alive(pid) else 'crashed'
+        return 'running' if pid is not None and checkpoints.process_alive(pid) else 'crashed'
     if ending.get('status') == 'crashed' and 'loss is not finite' in str(ending.get('details')):
         return 'non-finite'
     return str(ending.get('status'))
