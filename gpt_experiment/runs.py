@@ -268,7 +268,10 @@ class Run(NamedTuple):
 
 
 def _duration(run_dir: Path, state: str) -> Optional[float]:
-    """From labml's pid file (written at the start) to the end in `run_log.jsonl`, or to now."""
+    """
+    From labml's pid file (written at the start) to the end in `run_log.jsonl`; to now while it
+    runs; for a process that is gone without a word, to the last tracked value it wrote.
+    """
     pids = sorted((run_dir / 'pids').glob('*.pid'))
     if not pids:
         return None
@@ -276,7 +279,10 @@ def _duration(run_dir: Path, state: str) -> Optional[float]:
     ending = _ending(run_dir)
     if ending is not None and isinstance(ending.get('time'), (int, float)):
         return ending['time'] - started
-    return time.time() - started if state == 'running' else None
+    if state == 'running':
+        return time.time() - started
+    db = run_dir / 'sqlite.db'
+    return db.stat().st_mtime - started if db.is_file() else None
 
 
 def read_run(run_dir: Path) -> Run:
