@@ -167,12 +167,6 @@ def given_configs(run_dir: Path) -> Dict[str, Any]:
             if isinstance(v, dict) and v.get('is_explicitly_specified') and 'value' in v}
 
 
-def config_value(run_dir: Path, key: str) -> Any:
-    """A config's value as the run recorded it (given or computed), or `None`."""
-    entry = (checkpoints.load_yaml(run_dir / 'configs.yaml') or {}).get(key)
-    return entry.get('value') if isinstance(entry, dict) else None
-
-
 def load_tokenizer(run_dir: Path):
     """The tokenizer the run saved, `tokenizer.json` in its folder."""
     path = run_dir / tokenizers.FILE_NAME
