@@ -231,16 +231,6 @@ def _ending(run_dir: Path) -> Optional[Dict[str, Any]]:
         raise UserError(f'{path} is not labml run log') from None
 
 
-def _is_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def _pid(run_dir: Path) -> Optional[int]:
     pids = sorted((run_dir / 'pids').glob('*.pid'))
     try:
@@ -258,7 +248,7 @@ def status(run_dir: Path) -> str:
     ending = _ending(run_dir)
     if ending is None:
         pid = _pid(run_dir)
-        return 'running' if pid is not None and _is_alive(pid) else 'crashed'
+        return 'running' if pid is not None and checkpoints.process_alive(pid) else 'crashed'
     if ending.get('status') == 'crashed' and 'loss is not finite' in str(ending.get('details')):
         return 'non-finite'
     return str(ending.get('status'))
@@ -278,7 +268,10 @@ class Run(NamedTuple):
 
 
 def _duration(run_dir: Path, state: str) -> Optional[float]:
-    """From labml's pid file (written at the start) to the end in `run_log.jsonl`, or to now."""
+    """
+    From labml's pid file (written at the start) to the end in `run_log.jsonl`; to now while it
+    runs; for a process that is gone without a word, to the last tracked value it wrote.
+    """
     pids = sorted((run_dir / 'pids').glob('*.pid'))
     if not pids:
         return None
@@ -286,7 +279,10 @@ def _duration(run_dir: Path, state: str) -> Optional[float]:
     ending = _ending(run_dir)
     if ending is not None and isinstance(ending.get('time'), (int, float)):
         return ending['time'] - started
-    return time.time() - started if state == 'running' else None
+    if state == 'running':
+        return time.time() - started
+    db = run_dir / 'sqlite.db'
+    return db.stat().st_mtime - started if db.is_file() else None
 
 
 def read_run(run_dir: Path) -> Run:

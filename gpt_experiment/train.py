@@ -65,6 +65,9 @@ def main(overrides: Optional[Dict[str, Any]] = None, *, name: Optional[str] = No
     if resume is not None:
         parent = runs.find_run(resume)
         step = int(runs.find_checkpoint(parent, checkpoint).name)
+        if world.is_main and runs.status(parent) != 'running':
+            # what a killed writer of the parent left half written
+            checkpoints.remove_partial_checkpoints(parent)
         # The run's tokenizer, as it saved it: the corpus is encoded with it, never rebuilt.
         run_tokenizer = runs.load_tokenizer(parent)
         for key in TOKENIZER_KEYS:
