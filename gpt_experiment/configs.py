@@ -310,7 +310,10 @@ def check_configs(c: Configs):
 
 @option(Configs.device, 'device_configs')
 def _device_configs() -> DeviceConfigs:
-    return DeviceConfigs()
+    conf = DeviceConfigs()
+    # Under torchrun, each process trains on the GPU of its local rank.
+    conf.cuda_device = distributed.world().local_rank
+    return conf
 
 
 @option(Configs.dtype, 'float32')
