@@ -161,7 +161,7 @@ NCCL_DRIVER = DRIVER.replace('distributed.teardown()',
 def test_one_process_under_torchrun_trains_through_nccl(tmp_path, monkeypatch):
     project = write_project(tmp_path / 'project')
     (project / 'driver.py').write_text(NCCL_DRIVER, encoding='utf-8')
-    env = dict(os.environ, PYTHONPATH=str(REPO_ROOT))
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO_ROOT), os.environ.get('PYTHONPATH', '')]))
     args = [f'{k}={v}' for k, v in {**DDP, **CUDA}.items()]
     result = subprocess.run([sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node=1',
                              'driver.py', *args], cwd=project, env=env, capture_output=True, text=True, timeout=300)
