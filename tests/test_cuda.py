@@ -126,6 +126,28 @@ def test_fused_optimizer_on_cuda_makes_labml_cpu_update(monkeypatch):
     _assert_follows(stock, fused.cpu(), rel=1e-5, atol=1e-7)
 
 
+@pytest.mark.parametrize('dtype', ['float32', 'bfloat16'])
+def test_training_steps_do_not_wait_for_the_gpu(tiny_configs, dtype):
+    """
+    Between two reports a step only queues work on the GPU: nothing in it (the forward and
+    backward passes, clipping, the fused optimizer, the metric sums) copies from the device or
+    synchronises, so the host runs ahead of the GPU.
+    """
+    conf = tiny_configs(**CUDA, log_interval=1000, dtype=dtype)
+    batches = list(conf.train_loader)
+    index = BatchIndex(len(batches), 1)
+    index.reset(len(batches), 1)
+    with conf.mode.update(is_train=True):
+        for i, batch in enumerate(batches[:6]):
+            # The first two steps set up cuBLAS, the causal mask and the optimizer's state.
+            torch.cuda.set_sync_debug_mode('error' if i >= 2 else 'default')
+            try:
+                conf.step(batch, index)
+            finally:
+                torch.cuda.set_sync_debug_mode('default')
+            index.step()
+
+
 def test_compiled_steps_match_eager_steps(tiny_configs, recorded):
     torch._dynamo.reset()
     shape = {**CUDA, 'transformer.n_layers': 2, 'learning_rate': 3e-3, 'warmup_steps': 256}
