@@ -262,8 +262,11 @@ def main():
     shape = dict(SHAPES[args.shape])
     if args.batch:
         shape['batch'] = args.batch
+    # Parsed to their types here, since the stock configs get them too, against labml_nn's
+    # configs (our `Configs` must not exist before the stock ones are computed; see `compare`).
+    import labml_nn.transformers.gpt as stock_gpt
     overrides = {**shape_overrides(shape), 'device.use_cuda': args.device == 'cuda',
-                 **overrides_from_args(args.overrides)}
+                 **check_overrides(stock_gpt.Configs, overrides_from_args(args.overrides))}
     (end_to_end if args.end_to_end else compare)(args, overrides)
 
 
