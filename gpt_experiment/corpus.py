@@ -35,7 +35,7 @@ import torch
 from labml import lab, monit
 
 from . import tokenizers
-from .data import corpus_files
+from .data import check_vocabulary, corpus_files
 from .errors import UserError
 
 # Character corpora up to this size stay in memory, in labml's `TextDataset`.
@@ -205,10 +205,11 @@ def total_bytes(path) -> int:
     return sum(f.stat().st_size for f in corpus_files(Path(path)))
 
 
-def load_token_corpus(path, tokenizer_spec, *, seq_len: int, valid_path=None) -> TokenCorpus:
+def load_token_corpus(path, tokenizer_spec, *, seq_len: int, valid_path=None, vocabulary=None) -> TokenCorpus:
     """
     Tokenise a corpus (or reuse the cached tokenizer and token files) and memory-map it.
-    `tokenizer_spec` is a `BPE`, or anything else for characters.
+    `tokenizer_spec` is a `BPE`, or anything else for characters; `vocabulary`, a resumed
+    run's tokenizer, is used as it is, never retrained.
     """
     path = Path(path)
     files = corpus_files(path)
@@ -231,7 +232,11 @@ def load_token_corpus(path, tokenizer_spec, *, seq_len: int, valid_path=None) ->
     is_bpe = isinstance(tokenizer_spec, BPE)
     spec = f'bpe{tokenizer_spec.vocab_size}-{tokenizer_spec.train_bytes}' if is_bpe else 'character'
     tokenizer_file = cache / f'tokenizer-{_key(corpus, spec)}.json'
-    if tokenizer_file.exists():
+    if vocabulary is not None:
+        tokenizer = vocabulary
+        if isinstance(tokenizer, tokenizers.CharacterTokenizer):
+            check_vocabulary(tokenizer, path, (chunk for span in (train, valid) for chunk in stream_text(span)))
+    elif tokenizer_file.exists():
         tokenizer = tokenizers.from_json(tokenizer_file.read_text(encoding='utf-8'))
     else:
         if is_bpe:
@@ -258,17 +263,18 @@ def load_token_corpus(path, tokenizer_spec, *, seq_len: int, valid_path=None) ->
     return TokenCorpus(path, tokenizer, splits['training'], splits['validation'])
 
 
-def load(path, tokenizer, *, seq_len: int, valid_path=None):
+def load(path, tokenizer, *, seq_len: int, valid_path=None, vocabulary=None):
     """
     The corpus at `path` as `Configs.text`: labml's `TextDataset` for a character corpus that
-    fits in memory (the labml recipe), a memory-mapped `TokenCorpus` otherwise.
+    fits in memory (the labml recipe), a memory-mapped `TokenCorpus` otherwise. `vocabulary`
+    is the tokenizer of a run being resumed: the corpus is encoded with it as it is.
     """
     from .data import load_corpus
     if not isinstance(tokenizer, BPE):
         sizes = total_bytes(path) + (total_bytes(valid_path) if valid_path else 0)
         if sizes <= IN_MEMORY_BYTES:
-            return load_corpus(path, tokenizer, seq_len=seq_len, valid_path=valid_path)
-    return load_token_corpus(path, tokenizer, seq_len=seq_len, valid_path=valid_path)
+            return load_corpus(path, tokenizer, seq_len=seq_len, valid_path=valid_path, vocabulary=vocabulary)
+    return load_token_corpus(path, tokenizer, seq_len=seq_len, valid_path=valid_path, vocabulary=vocabulary)
 
 
 def split_tokens(text, split: str):

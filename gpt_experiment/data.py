@@ -13,9 +13,10 @@ operation. That is the sampling of labml_nn's `shuffled_train_loader`, without c
 samples one by one in Python.
 """
 
+import itertools
 import urllib.request
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Callable, Iterable, Optional
 
 import numpy as np
 import torch
@@ -24,6 +25,7 @@ from labml import monit
 from labml_helpers.datasets.text import TextDataset
 
 from .errors import UserError
+from .tokenizers import CharacterTokenizer
 
 TINY_SHAKESPEARE_URL = 'https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt'
 
@@ -71,10 +73,12 @@ def fetch_tiny_shakespeare(path: Path) -> Path:
     return path
 
 
-def load_corpus(path: Path, tokenizer: Callable, *, seq_len: int, valid_path: Optional[Path] = None) -> TextDataset:
+def load_corpus(path: Path, tokenizer: Callable, *, seq_len: int, valid_path: Optional[Path] = None,
+                vocabulary: Optional[CharacterTokenizer] = None) -> TextDataset:
     """
     Split a corpus 90/10 (or take the validation text from `valid_path`) into labml's
-    `TextDataset`, which builds the vocabulary over both splits.
+    `TextDataset`, which builds the vocabulary over both splits, or takes `vocabulary` (a
+    resumed run's), which must hold every character of the corpus.
     """
     with monit.section('Load data'):
         text = read_text(path)
@@ -83,13 +87,27 @@ def load_corpus(path: Path, tokenizer: Callable, *, seq_len: int, valid_path: Op
             train, valid = text[:split], text[split:]
         else:
             train, valid = text, read_text(valid_path)
-    dataset = TextDataset(path, tokenizer, train, valid, '')
+    if vocabulary is None:
+        dataset = TextDataset(path, tokenizer, train, valid, '')
+    else:
+        check_vocabulary(vocabulary, path, (train, valid))
+        dataset = TextDataset(path, tokenizer, train, valid, '', n_tokens=vocabulary.n_tokens,
+                              stoi=dict(vocabulary.stoi), itos=list(vocabulary.itos))
     for name, split_text in (('training', dataset.train), ('validation', dataset.valid)):
         n = len(tokenizer(split_text))
         if n < seq_len + 1:
             raise UserError(f'the {name} split of {path} has {n} tokens; '
                             f'seq_len={seq_len} needs at least {seq_len + 1}')
     return dataset
+
+
+def check_vocabulary(vocabulary: CharacterTokenizer, path: Path, texts: Iterable[str]):
+    """Refuse a corpus with characters that a run's fixed vocabulary lacks (they would be dropped)."""
+    missing = sorted({c for text in texts for c in vocabulary.unknown(text)})
+    if missing:
+        shown = ' '.join(map(repr, missing[:10])) + (f' and {len(missing) - 10} more' if len(missing) > 10 else '')
+        raise UserError(f'{path} has characters that are not in the resumed run\'s vocabulary: {shown}; '
+                        f'a run keeps its tokenizer')
 
 
 class ShuffledWindows:
@@ -147,3 +165,20 @@ class ShuffledWindows:
                 windows = self.tokens[index]
             windows = windows.t().contiguous()
             yield windows[:-1], windows[1:]
+
+
+class RandomBatches:
+    """
+    `n` batches of `loader` drawn at random, afresh each time it is iterated: the first `n` of
+    a new epoch of its shuffled windows (nanoGPT's `eval_iters` for validation).
+    """
+
+    def __init__(self, loader: ShuffledWindows, n: int):
+        self.loader = loader
+        self.n = n
+
+    def __len__(self):
+        return min(self.n, len(self.loader))
+
+    def __iter__(self):
+        return itertools.islice(iter(self.loader), len(self))

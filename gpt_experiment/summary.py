@@ -23,7 +23,7 @@ def summarize(run_dir: Path, *, tokens: int, seconds: float, dashboard_url: Opti
         best = f'{loss:.4f} at step {step:,}'
     else:
         best = '- (no validation loss recorded)'
-    ckpts = runs.checkpoints(run_dir)
+    ckpts = runs.checkpoint_steps(run_dir)
     lines = [
         ('best valid loss', best),
         ('tokens/s', f'{tokens / seconds:,.0f} ({tokens:,} tokens)' if seconds > 0 else '-'),

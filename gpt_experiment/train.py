@@ -12,56 +12,72 @@ conf = main({'epochs': 1, 'transformer.n_layers': 2})
 """
 
 import time
-from pathlib import Path
 from typing import Any, Dict, Iterable, Optional, Union
 
-from labml import experiment, lab, tracker
+from labml import experiment, tracker
 
-from . import checkpoints, cli, dashboard, distributed, summary, writers as writers_
+from . import checkpoints, cli, console, dashboard, distributed, labml_glue, runs, summary, writers as writers_
 from . import resume as resume_state
-from .configs import Configs, check_configs, compute_ahead
+from .checks import check_configs
+from .configs import Configs
 from .errors import UserError
+from .runs import project_path  # noqa: F401 (kept importable from here)
 
 
-def project_path() -> Optional[str]:
+# What makes the tokenizer, which a resumed run cannot change
+TOKENIZER_KEYS = ('tokenizer', 'bpe_vocab_size', 'bpe_train_bytes')
+
+
+def compute_ahead(c: Configs):
     """
-    labml finds `.labml.yaml` (and with it `data/` and `logs/`) by walking up from the file that
-    creates the experiment, which for an installed package is not the user's project. When the
-    current directory is inside a labml project, use that instead.
+    Compute now every config that training reads. labml rewrites the run's `configs.yaml` (a
+    pure-Python YAML dump of every key, about a fifth of a second) each time a config is first
+    computed after `experiment.start()`; computed lazily, the first steps would pay for two
+    dozen of them. The loop count waits: it depends on the checkpoint a resumed run loads at
+    the start.
     """
-    cwd = Path.cwd().resolve()
-    if any((d / '.labml.yaml').is_file() for d in (cwd, *cwd.parents)):
-        return str(cwd)
-    return None
+    for key in dir(c):
+        if key not in ('loop_count', 'training_loop'):
+            getattr(c, key)
 
 
 def main(overrides: Optional[Dict[str, Any]] = None, *, name: Optional[str] = None, comment: str = '',
          resume: Optional[str] = None, checkpoint: Optional[int] = None,
-         writers: Union[str, Iterable[str]] = writers_.DEFAULT) -> Configs:
+         writers: Union[str, Iterable[str]] = writers_.DEFAULT, verbose: bool = False) -> Configs:
     """
     Train a GPT with `overrides` applied to the defaults; returns the computed configs.
     `resume` (a run uuid) continues that run from its newest complete checkpoint, or from
     `checkpoint`, as a new run ([resume](resume.html)). Under torchrun, every process calls
-    this ([distributed](distributed.html)). `writers` are labml's ([writers](writers.html)).
+    this ([distributed](distributed.html)). `writers` are labml's ([writers](writers.html)); `verbose`
+    shows labml's `Prepare <config>` sections ([console](console.html)).
     """
+    console.install(verbose)
     overrides = cli.check_overrides(Configs, overrides or {})
     writers = writers_.check_writers(writers)
+    if name is not None and not checkpoints.is_plain_name(name):
+        raise UserError(f'--name must be a plain name (a folder under logs/), got {name!r}')
     world = distributed.setup()
     ranks = dict(uuid=distributed.shared_uuid(), distributed_rank=world.rank,
                  distributed_world_size=world.size if world.is_distributed else 0,
                  writers=writers if world.is_main else set())
     experiment.create(name=name or 'gpt', comment=comment, python_file=project_path(), **ranks)
-    parent, step = None, None
+    parent, step, run_tokenizer = None, None, None
     if resume is not None:
-        parent = checkpoints.find_run(lab.get_experiments_path(), resume)
-        step = int(checkpoints.find_checkpoint(parent, checkpoint).name)
-        overrides = {**cli.check_overrides(Configs, resume_state.parent_overrides(parent)), **overrides}
+        parent = runs.find_run(resume)
+        step = int(runs.find_checkpoint(parent, checkpoint).name)
+        # The run's tokenizer, as it saved it: the corpus is encoded with it, never rebuilt.
+        run_tokenizer = runs.load_tokenizer(parent)
+        for key in TOKENIZER_KEYS:
+            if key in overrides and str(overrides[key]) != str(runs.config_value(parent, key)):
+                raise UserError(f'{key} cannot change when resuming: run {parent.name} keeps its tokenizer.json')
+        overrides = {**cli.check_overrides(Configs, runs.given_configs(parent)), **overrides}
         if name is None and parent.parent.name != 'gpt':
             # the continuation goes beside its parent
             experiment.create(name=parent.parent.name, comment=comment, python_file=project_path(), **ranks)
     elif checkpoint is not None:
         raise UserError('--checkpoint needs --resume RUN_UUID')
     conf = Configs()
+    conf._run_tokenizer = run_tokenizer
     experiment.configs(conf, overrides)
     # Everything that can fail on bad input is computed before the run's folder is written.
     check_configs(conf)
@@ -70,7 +86,7 @@ def main(overrides: Optional[Dict[str, Any]] = None, *, name: Optional[str] = No
         'model': checkpoints.model_saver('model', conf.model),
         'training': checkpoints.TorchStateSaver('training', lambda: resume_state.training_state(conf),
                                                 lambda state: resume_state.load_training_state(conf, state)),
-    })
+    }, resumed_step=step)
     compute_ahead(conf)
     # labml's tracker is a process-wide singleton: a second run in the same process (a
     # notebook) starts counting from zero again, or from the checkpoint it resumes.
@@ -78,15 +94,19 @@ def main(overrides: Optional[Dict[str, Any]] = None, *, name: Optional[str] = No
     experiment.load(parent.name if parent else None, step)
     # The dashboard, when one is configured and answers ([dashboard](dashboard.html)).
     dashboard_api = dashboard.connect(writers if world.is_main else set())
-    run = experiment._experiment_singleton().run
+    run_uuid, run_path = labml_glue.run_uuid(), labml_glue.run_path()
     started = time.time()
     try:
-        with experiment.start():
+        with labml_glue.start(daemon_sender=dashboard_api is not None):
+            # in the dashboard's runs list while it trains
+            dashboard.claim_soon(dashboard_api, run_uuid)
+            if 'tensorboard' in writers and world.is_main:
+                labml_glue.add_tracker_writer(writers_.TensorBoardExtras(run_path / 'tensorboard', labml_glue.run_configs()))
             conf.run()
     finally:
         seconds = time.time() - started
-        page = dashboard.finish(dashboard_api, run.uuid)
+        page = dashboard.finish(dashboard_api, run_uuid)
     if world.is_main:
-        summary.report(run.run_path, tokens=tracker.get_global_step() - (step or 0), seconds=seconds,
+        summary.report(run_path, tokens=tracker.get_global_step() - (step or 0), seconds=seconds,
                        dashboard_url=page)
     return conf

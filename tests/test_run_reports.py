@@ -39,17 +39,19 @@ def test_summary_and_runs_listing(project, capsys):
                              capture_output=True, text=True, timeout=60)
     assert listing.returncode == 0, listing.stderr
     header, *rows = listing.stdout.splitlines()
-    assert header.split() == ['uuid', 'name', 'start', 'steps', 'valid', 'loss', 'checkpoints']
+    assert header.split() == ['uuid', 'name', 'start', 'status', 'duration', 'parent', 'tokens', 'best', 'valid',
+                              'checkpoints']
     assert len(rows) == 1
-    row = rows[0].split(maxsplit=5)
+    row = rows[0].split(maxsplit=9)
     assert row[0] == uuid and row[1] == 'reports'
     assert re.fullmatch(r'\d{4}-\d\d-\d\d', row[2])
-    assert row[4] == f'{tokens:,}' and row[5].split()[0] == f'{valid[-1][1]:.4f}'
-    assert row[5].split(maxsplit=1)[1] == ', '.join(str(s) for s in checkpoint_steps(run))
+    assert row[4] == 'completed' and re.fullmatch(r'0:\d\d:\d\d', row[5]) and row[6] == '-'
+    assert row[7] == f'{tokens:,}' and row[8] == f'{best:.4f}'
+    assert row[9] == ', '.join(str(s) for s in checkpoint_steps(run))
 
 
 def test_tensorboard_writer_writes_events_tensorboard_reads(project):
-    pytest.importorskip('tensorboard', reason='TensorBoard is an optional extra: pip install -r requirements-extras.txt')
+    pytest.importorskip('tensorboard', reason='TensorBoard is an optional extra: pip install "gpt-experiment[tensorboard]"')
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
     run_cli([*(f'{k}={v}' for k, v in SHORT.items()),
              '--name', 'tb', '--writers', 'screen,sqlite,tensorboard'], cwd=project).check_returncode()
@@ -62,6 +64,19 @@ def test_tensorboard_writer_writes_events_tensorboard_reads(project):
     got = [(e.step, e.value) for e in events.Scalars('loss/valid')]
     assert [s for s, _ in got] == [s for s, _ in valid]
     assert [v for _, v in got] == pytest.approx([v for _, v in valid], rel=1e-6)
+    # the numbers people watch, under exactly these names
+    assert {'lr', 'grad_norm', 'tokens_per_second'} <= set(events.Tags()['scalars'])
+    # the samples as text, the configs as hyperparameters
+    assert 'sampled/text_summary' in events.Tags()['tensors']
+    sample = events.Tensors('sampled/text_summary')[-1].tensor_proto.string_val[0].decode()
+    assert sample.startswith('It is ')
+    from tensorboard.plugins.hparams import plugin_data_pb2
+    hparams = events.PluginTagToContent('hparams')
+    session = plugin_data_pb2.HParamsPluginData.FromString(hparams['_hparams_/session_start_info'])
+    values = session.session_start_info.hparams
+    assert values['transformer.d_model'].number_value == TINY['transformer.d_model']
+    assert values['epochs'].number_value == SHORT['epochs']
+    assert values['text'].string_value == 'file' and values['text_file'].string_value == 'corpus.txt'
 
 
 def test_runs_listing_outside_a_project_is_one_line(tmp_path):

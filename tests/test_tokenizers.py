@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from gpt_experiment import UserError, corpus, tokenizers
+from gpt_experiment import UserError, corpus, runs, tokenizers
 from gpt_experiment.corpus import BPE, TokenCorpus, load_token_corpus, stream_text
 from gpt_experiment.data import ShuffledWindows
 
@@ -29,7 +29,7 @@ def test_bpe_round_trip_is_exact(tmp_path):
     assert whole == (CORPUS + UNICODE) * 2
     # saved and reloaded (as a run does) it encodes the same
     tokenizers.save(tok, tmp_path)
-    again = tokenizers.load(tmp_path)
+    again = runs.load_tokenizer(tmp_path)
     assert again.encode(UNICODE) == tok.encode(UNICODE)
 
 
