@@ -302,7 +302,10 @@ def save_checkpoint_once():
 
 @option(Configs.device, 'device_configs')
 def _device_configs() -> DeviceConfigs:
-    return DeviceConfigs()
+    conf = DeviceConfigs()
+    # Under torchrun, each process trains on the GPU of its local rank.
+    conf.cuda_device = distributed.world().local_rank
+    return conf
 
 
 @option(Configs.dtype, 'float32')
