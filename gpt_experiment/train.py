@@ -16,7 +16,7 @@ from typing import Any, Dict, Iterable, Optional, Union
 
 from labml import experiment, tracker
 
-from . import checkpoints, cli, dashboard, distributed, runs, summary, writers as writers_
+from . import checkpoints, cli, dashboard, distributed, finetune, runs, summary, writers as writers_
 from . import resume as resume_state
 from .configs import Configs, check_configs, compute_ahead
 from .errors import UserError
@@ -46,6 +46,13 @@ def main(overrides: Optional[Dict[str, Any]] = None, *, name: Optional[str] = No
                  writers=writers if world.is_main else set())
     experiment.create(name=name or 'gpt', comment=comment, python_file=project_path(), **ranks)
     parent, step, run_tokenizer = None, None, None
+    if overrides.get('init_from'):
+        # A new run from another run's weights, with its tokenizer and shape ([finetune](finetune.html)).
+        if resume is not None:
+            raise UserError('init_from starts a new run from a run\'s weights and --resume continues a run; give one')
+        source = finetune.find_source(overrides['init_from'])
+        overrides = finetune.with_source_shape(source, overrides)
+        run_tokenizer = runs.load_tokenizer(source.run)
     if resume is not None:
         parent = runs.find_run(resume)
         step = int(runs.find_checkpoint(parent, checkpoint).name)
@@ -54,7 +61,9 @@ def main(overrides: Optional[Dict[str, Any]] = None, *, name: Optional[str] = No
         for key in TOKENIZER_KEYS:
             if key in overrides and str(overrides[key]) != str(runs.config_value(parent, key)):
                 raise UserError(f'{key} cannot change when resuming: run {parent.name} keeps its tokenizer.json')
-        overrides = {**cli.check_overrides(Configs, runs.given_configs(parent)), **overrides}
+        # A fine-tuned parent's source is its own record; the weights come from the parent.
+        given = {k: v for k, v in runs.given_configs(parent).items() if k != 'init_from'}
+        overrides = {**cli.check_overrides(Configs, given), **overrides}
         if name is None and parent.parent.name != 'gpt':
             # the continuation goes beside its parent
             experiment.create(name=parent.parent.name, comment=comment, python_file=project_path(), **ranks)
