@@ -32,7 +32,7 @@ from labml_nn.experiments.nlp_autoregression import NLPAutoRegressionConfigs
 from labml_nn.optimizers.configs import OptimizerConfigs
 from labml_nn.transformers import TransformerConfigs
 
-from . import attention, corpus, data, distributed, finetune, gpt1, sampling, tokenizers  # noqa: F401 (attention and gpt1 register options)
+from . import attention, corpus, data, distributed, gpt1, sampling, tokenizers  # noqa: F401 (attention and gpt1 register options)
 from .errors import UserError
 from .model import GPT, crop_positions, init_weights
 from .optimizer import clip_grad_norm_, gpt_optimizer_configs
@@ -89,9 +89,9 @@ class Configs(NLPAutoRegressionConfigs):
     dtype: torch.dtype = 'float32'
     # Gradient scaler; it only scales with `float16`, whose gradients would underflow
     grad_scaler: torch.amp.GradScaler
-    # `RUN[:STEP]`: start from the weights of that run's checkpoint (the newest complete one
-    # when no step is given), with its tokenizer and shape; everything else starts fresh
-    # ([finetune](finetune.html))
+    # `RUN[:STEP]`: a new run that starts from the weights of that run's checkpoint (the newest
+    # complete one when no step is given), with its tokenizer and shape; everything else starts
+    # fresh ([finetune](finetune.html))
     init_from: str = ''
     # Whether training steps run the model through `torch.compile`
     compile: bool = False
@@ -407,9 +407,6 @@ def _model(c: Configs) -> GPT:
     m = GPT(encoder, crop_positions(c.transformer.src_embed, c.seq_len), c.transformer.generator,
             embedding_dropout=c.embedding_dropout, tie_embeddings=c.tie_embeddings)
     m.apply(init_weights)
-    if c.init_from:
-        # A fine-tuning run starts from another run's weights.
-        finetune.load_weights(m, c.init_from)
     return m.to(c.device)
 
 

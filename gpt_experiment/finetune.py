@@ -12,7 +12,8 @@ an unknown run, an ambiguous prefix or a damaged checkpoint is one line, as for 
 
 What the new run takes from the source run, and what it does not:
 
-* **the weights** of that checkpoint, loaded into the model when it is built (`load_weights`);
+* **the weights** of that checkpoint, loaded into the freshly built model before the run
+  starts (`load_weights`);
 * **the tokenizer**: the source's `tokenizer.json` encodes the new corpus. A byte-level BPE
   encodes any text; a character vocabulary refuses a character it lacks, in one line, since
   the embedding has no row for it;
@@ -25,8 +26,9 @@ What the new run takes from the source run, and what it does not:
   (`configs/finetune_shakespeare.yaml`). `--resume` is the way to continue a run instead.
 
 The new run records its source in its `configs.yaml` as `init_from: <uuid>:<step>`, the
-resolved run and checkpoint, whatever prefix was typed. Resuming a fine-tuned run continues
-from its own checkpoints and does not need the source any more.
+resolved run and checkpoint, whatever prefix was typed. Only a new run loads it: resuming a
+fine-tuned run, or generating from it, rebuilds the model from its own checkpoints and does not
+need the source any more.
 """
 
 from pathlib import Path
@@ -35,6 +37,7 @@ from typing import Any, Dict, NamedTuple
 import torch
 
 from . import checkpoints, cli, runs
+from .configs import Configs
 from .errors import UserError
 
 # What sizes the weights or gives them their meaning. The tokenizer's keys are among them: the
@@ -74,7 +77,6 @@ def source_values(source: Source, keys) -> Dict[str, Any]:
     What the source run had for `keys`: the value labml recorded (given, or set by an option),
     or else the value the key is declared with, which the run then had.
     """
-    from .configs import Configs  # configs builds the model with `load_weights`
     declared = cli.config_keys(Configs)
     recorded = runs.config_values(source.run)
     return {key: declared[key].default if recorded.get(key) is None else recorded[key] for key in keys}
@@ -98,13 +100,12 @@ def with_source_shape(source: Source, overrides: Dict[str, Any]) -> Dict[str, An
     return {**overrides, **shape, 'init_from': source.name}
 
 
-def load_weights(model: torch.nn.Module, init_from: str):
-    """Load the source checkpoint's weights into a freshly built `model`."""
-    source = find_source(init_from)
+def load_weights(model: torch.nn.Module, source: Source):
+    """Load the source checkpoint's weights into the new run's freshly built `model`."""
     state = runs.load_checkpoint(source.checkpoint, 'model')
     try:
         model.load_state_dict(state)
     except (RuntimeError, KeyError, ValueError, TypeError) as e:
-        # A shape the key check above does not cover (a model built without `train.main`).
+        # A difference the keys above do not name (such as a vocabulary of another size).
         raise UserError(f'init_from: the weights of {source.checkpoint} do not fit this model '
                         f'({checkpoints._detail(e)}); the model\'s shape comes from the source run') from None

@@ -45,7 +45,7 @@ def main(overrides: Optional[Dict[str, Any]] = None, *, name: Optional[str] = No
                  distributed_world_size=world.size if world.is_distributed else 0,
                  writers=writers if world.is_main else set())
     experiment.create(name=name or 'gpt', comment=comment, python_file=project_path(), **ranks)
-    parent, step, run_tokenizer = None, None, None
+    source, parent, step, run_tokenizer = None, None, None, None
     if overrides.get('init_from'):
         # A new run from another run's weights, with its tokenizer and shape ([finetune](finetune.html)).
         if resume is not None:
@@ -61,9 +61,7 @@ def main(overrides: Optional[Dict[str, Any]] = None, *, name: Optional[str] = No
         for key in TOKENIZER_KEYS:
             if key in overrides and str(overrides[key]) != str(runs.config_value(parent, key)):
                 raise UserError(f'{key} cannot change when resuming: run {parent.name} keeps its tokenizer.json')
-        # A fine-tuned parent's source is its own record; the weights come from the parent.
-        given = {k: v for k, v in runs.given_configs(parent).items() if k != 'init_from'}
-        overrides = {**cli.check_overrides(Configs, given), **overrides}
+        overrides = {**cli.check_overrides(Configs, runs.given_configs(parent)), **overrides}
         if name is None and parent.parent.name != 'gpt':
             # the continuation goes beside its parent
             experiment.create(name=parent.parent.name, comment=comment, python_file=project_path(), **ranks)
@@ -74,6 +72,8 @@ def main(overrides: Optional[Dict[str, Any]] = None, *, name: Optional[str] = No
     experiment.configs(conf, overrides)
     # Everything that can fail on bad input is computed before the run's folder is written.
     check_configs(conf)
+    if source is not None:
+        finetune.load_weights(conf.model, source)
     distributed.check_batch(conf.batch_size)
     checkpoints.install({
         'model': checkpoints.model_saver('model', conf.model),

@@ -10,7 +10,7 @@ import torch
 import yaml
 from labml import tracker
 
-from gpt_experiment import runs
+from gpt_experiment import generate, runs
 from gpt_experiment.configs import Configs
 from gpt_experiment.main import run
 from gpt_experiment.train import main
@@ -51,7 +51,7 @@ def _first_step(monkeypatch):
     return seen
 
 
-def test_finetune_starts_from_the_source_weights_and_nothing_else(project, monkeypatch):
+def test_finetune_starts_from_the_source_weights_and_nothing_else(project, monkeypatch, capsys):
     source = _pretrain(project)
     step = runs.checkpoint_steps(source)[-1]
     # every 'z' gone: a vocabulary rebuilt from this text would move the ids after 'y'
@@ -76,10 +76,13 @@ def test_finetune_starts_from_the_source_weights_and_nothing_else(project, monke
     assert configs['init_from']['value'] == f'{source.name}:{step}'
     assert configs['transformer.d_model']['value'] == TINY['transformer.d_model']
 
-    # a fine-tuned run resumes from its own checkpoints, without its source
+    # a fine-tuned run resumes, and generates, from its own checkpoints, without its source
     shutil.rmtree(source)
     main({'epochs': 2}, resume=tuned.name)
     assert len(run_dirs(project, 'tuned')) == 2
+    capsys.readouterr()
+    assert generate.run(['--run', tuned.name, '--prompt', 'It is', '--max-new-tokens', '4']) == 0, \
+        capsys.readouterr().err
 
 
 def test_finetuned_run_beats_the_same_run_from_scratch(project):
