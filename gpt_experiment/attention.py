@@ -43,9 +43,9 @@ class SDPAttention(MultiHeadAttention):
 
         attn_mask, is_causal = None, False
         if mask is not None:
-            # A GPT's mask is lower-triangular; the fused kernel then needs no mask at all.
-            if mask is _causal_mask or (mask.shape[0] == mask.shape[1] == k.shape[2] and mask.shape[2] == 1
-                                        and _is_causal(mask)):
+            # The GPT's own mask is lower-triangular (`batch_first(causal_mask=...)` says so);
+            # the fused kernel then needs no mask at all.
+            if mask is _causal_mask:
                 is_causal = True
             else:
                 # `[seq_q, seq_k, batch]` -> `[batch, 1, seq_q, seq_k]`, broadcast over heads
@@ -101,19 +101,6 @@ def batch_first(causal_mask: Optional[torch.Tensor] = None):
         yield
     finally:
         _batch_first, _causal_mask = outer
-
-
-_causal_masks = set()
-
-
-def _is_causal(mask: torch.Tensor) -> bool:
-    """Whether `mask` is lower-triangular; remembered per mask object, since a GPT reuses its mask."""
-    key = (id(mask), mask.data_ptr(), mask.shape[0])
-    if key not in _causal_masks:
-        if not torch.equal(mask[:, :, 0], torch.ones_like(mask[:, :, 0]).tril()):
-            return False
-        _causal_masks.add(key)
-    return True
 
 
 def _sdpa(c: TransformerConfigs):

@@ -22,6 +22,7 @@ import yaml
 
 from labml.configs import BaseConfigs
 
+from . import labml_glue
 from .errors import UserError
 
 
@@ -30,12 +31,6 @@ class Key(NamedTuple):
     type: Any
     default: Any
     options: List[str]
-
-
-def _labml_registry(conf: BaseConfigs):
-    """labml keeps the declared types, defaults and options of a configs object in private fields."""
-    get = lambda name: object.__getattribute__(conf, f'_Configs__{name}')
-    return get('types'), get('defaults'), get('options'), get('aggregates_options')
 
 
 def _sub_configs(value_type, default, options) -> Optional[type]:
@@ -54,7 +49,7 @@ def _sub_configs(value_type, default, options) -> Optional[type]:
 
 def config_keys(configs_class: type, prefix: str = '') -> Dict[str, Key]:
     """Every key that can be overridden, with dotted names for nested configs."""
-    types, defaults, options, aggregates = _labml_registry(configs_class())
+    types, defaults, options, aggregates = labml_glue.configs_registry(configs_class())
     keys = {}
     for name, value_type in types.items():
         default = defaults.get(name)

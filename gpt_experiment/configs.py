@@ -12,12 +12,15 @@ training/validation loop, loss, accuracy, periodic samples) and adds, as `@optio
 * `text`, `train_loader`, `valid_loader`: [data](data.html) that checks what it reads and
   cuts batches by index.
 
+The training step is labml_nn's, with its metrics kept on the device ([metrics](metrics.html)).
+Values are checked in [checks](checks.html), and what labml does not offer publicly is in
+[labml_glue](labml_glue.html).
+
 Every value can be overridden with labml's `experiment.configs(conf, overrides)`; the
 defaults are the labml GPT recipe on Tiny Shakespeare.
 """
 
-import math
-import signal
+import time
 import warnings
 
 import numpy as np
@@ -32,10 +35,12 @@ from labml_nn.experiments.nlp_autoregression import NLPAutoRegressionConfigs
 from labml_nn.optimizers.configs import OptimizerConfigs
 from labml_nn.transformers import TransformerConfigs
 
-from . import attention, corpus, data, distributed, gpt1, sampling, tokenizers  # noqa: F401 (attention and gpt1 register options)
+from . import attention, console, corpus, data, distributed, gpt1, labml_glue, sampling, stops, tokenizers  # noqa: F401 (attention and gpt1 register options)
 from .errors import UserError
+from .metrics import StepMetrics
 from .model import GPT, crop_positions, init_weights
-from .optimizer import clip_grad_norm_, gpt_optimizer_configs
+from .optimizer import (DecayRule, clip_grad_norm_, decay_groups, gpt_optimizer_configs, linear_weights,
+                        matrix_weights)
 
 # We replace labml_nn's `tiny_shakespeare` option with one that checks its input; labml warns
 # about the replacement each time a `Configs` is made.
@@ -43,11 +48,11 @@ warnings.filterwarnings('ignore', message='Overriding option for text: tiny_shak
 
 
 class TrainingInterrupted(Exception):
-    """Raised after the step in progress when the user pressed Ctrl-C."""
+    """Raised after the step in progress when a stop was requested (Ctrl-C, SIGTERM); carries the signal."""
 
-
-class LossNotFinite(Exception):
-    """Raised at the report that finds a NaN or infinite loss; nothing is saved after it."""
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum
 
 
 class Configs(NLPAutoRegressionConfigs):
@@ -67,8 +72,8 @@ class Configs(NLPAutoRegressionConfigs):
     # GPT's optimizer
     optimizer = 'transformer_optimizer'
     # Which parameters decay: `linear` (minGPT: `nn.Linear` weights) or `matrices` (GPT-1: every
-    # weight but biases and gains)
-    weight_decay_params = 'linear'
+    # weight but biases and gains); the option is the rule itself ([optimizer](optimizer.html))
+    weight_decay_params: DecayRule = 'linear'
 
     # GPT-1 options (see [gpt1](gpt1.html)), off by default
     # The generator's weight is the token embedding matrix
@@ -119,6 +124,10 @@ class Configs(NLPAutoRegressionConfigs):
     train_loader = 'shuffled_windows'
     valid_loader = 'shuffled_windows'
 
+    # Wall-clock minutes after which a checkpoint is added at the next step, besides the ones
+    # at the end of each epoch (0: only those)
+    checkpoint_minutes: float = 10.0
+
     # Training steps between two reports of loss and accuracy to labml's tracker. Metrics are
     # summed on the device in between, so that no step waits for the device to report.
     log_interval: int = 10
@@ -126,12 +135,12 @@ class Configs(NLPAutoRegressionConfigs):
     # Epochs to run: `epochs`, less those a resumed checkpoint has done
     loop_count = 'remaining_epochs'
 
-    # Set by the Ctrl-C handler while training
-    _interrupted = False
-    # Loss sum, correct predictions, predictions and steps since the last report
-    _sums = None
-    # `(global step, loss on the device)` of the steps since the last report, to name a bad one
-    _recent = None
+    # Stop requests (Ctrl-C, SIGTERM) while training ([stops](stops.html))
+    _stop = None
+    # When the last checkpoint was saved (`time.monotonic()`)
+    _last_save = 0.0
+    # Loss and accuracy since the last report, on the device ([metrics](metrics.html))
+    _metrics = None
     # Whole epochs trained (saved in checkpoints, for resume)
     _epochs_done = 0
     # The tokenizer of the run being resumed, which the corpus is encoded with (never rebuilt)
@@ -169,7 +178,9 @@ class Configs(NLPAutoRegressionConfigs):
             # (without gradients) for a small share of the time.
             output, *_ = (self.train_model if self.mode.is_train else self.model)(data)
             loss = self.loss_func(output, target)
-        self._accumulate(loss, output, target)
+        if self._metrics is None:
+            self._metrics = StepMetrics()
+        self._metrics.add(tracker.get_global_step(), loss, output, target)
 
         if self.mode.is_train:
             self.grad_scaler.scale(loss).backward()
@@ -184,44 +195,40 @@ class Configs(NLPAutoRegressionConfigs):
 
         # Report every `log_interval` steps and at the end of each train or valid stretch.
         ends_stretch = batch_idx.idx + 1 >= (batch_idx.iteration + 1) * batch_idx.total // batch_idx.total_iterations
-        if ends_stretch or (self.mode.is_train and self._sums[3] >= self.log_interval):
+        if ends_stretch or (self.mode.is_train and self._metrics.steps >= self.log_interval):
             self._report()
-        # Ctrl-C stops training here, between two whole optimizer steps.
-        if self.mode.is_train and self._interrupted:
-            raise TrainingInterrupted()
+        if self.mode.is_train:
+            self._stop_or_save()
 
-    @torch.no_grad()
-    def _accumulate(self, loss: torch.Tensor, output: torch.Tensor, target: torch.Tensor):
-        if self._sums is None:
-            self._sums = [0., 0, 0, 0]
-            self._recent = []
-        self._recent.append((tracker.get_global_step(), loss.detach()))
-        correct = (output.argmax(dim=-1) == target).sum()
-        self._sums = [self._sums[0] + loss.detach().float(), self._sums[1] + correct,
-                      self._sums[2] + target.numel(), self._sums[3] + 1]
+    def _stop_or_save(self):
+        """
+        Between two whole optimizer steps: stop when asked (Ctrl-C, SIGTERM), or add a checkpoint
+        when `checkpoint_minutes` have passed since the last one. With several processes the
+        ranks agree first (one tiny all-reduce), whichever of them got the signal or reads the
+        clock, so that they all stop, or save, at the same step.
+        """
+        signum = self._stop.signum if self._stop is not None and self._stop.signum else 0
+        due = self.is_save_models and 0 < self.checkpoint_minutes * 60 <= time.monotonic() - self._last_save
+        if distributed.world().is_distributed:
+            signum, due = distributed.all_reduce_max(torch.tensor([signum, int(due)])).tolist()
+        if not (signum or due):
+            return
+        # Report (and check) the steps since the last report, here, where labml still names
+        # them `loss.train` and `accuracy.train`.
+        if self._metrics is not None:
+            self._report()
+        if signum:
+            raise TrainingInterrupted(signum)
+        experiment.save_checkpoint()
+        self._last_save = time.monotonic()
 
     def _report(self):
-        """
-        Hand the mean loss and the accuracy since the last report to labml (one device sync;
-        with several processes, summed over them first).
-
-        The loss is checked here rather than at every step, which would wait for the device at
-        every step: a NaN or infinity in any step makes the sum non-finite, and every
-        checkpoint is written after a report (labml saves between epochs, which end with one;
-        Ctrl-C reports before saving). So a bad step stops the run at most `log_interval` steps
-        later, with weights that the steps since may have spoiled, but before they are saved.
-        """
-        loss_sum, correct, count, steps = self._sums
-        sums = torch.stack([torch.as_tensor(v, dtype=torch.float64, device=self.device)
-                            for v in (loss_sum, correct, count, steps)])
-        loss, correct, count, steps = distributed.all_reduce_sum(sums).tolist()
-        recent, self._sums, self._recent = self._recent, None, None
-        if not math.isfinite(loss):
-            bad = next((s for s, v in recent if not torch.isfinite(v)), recent[-1][0])
-            raise LossNotFinite(f'{"training" if self.mode.is_train else "validation"} loss is not finite '
-                                f'at step {bad:,} (tokens)')
-        tracker.add({'loss.': loss / steps, 'accuracy.': correct / count})
-        tracker.save()
+        """Hand the metrics since the last report to labml's tracker (one device sync)."""
+        metrics, self._metrics = self._metrics, None
+        tracker.add(metrics.report(self.device, 'training' if self.mode.is_train else 'validation'))
+        # Piped, each report is one line of the log ([console](console.html)).
+        with console.report_line():
+            tracker.save()
 
     def sample(self):
         """Greedy continuation of the prompt, printed and tracked as `sampled` (by rank 0)."""
@@ -231,46 +238,41 @@ class Configs(NLPAutoRegressionConfigs):
                                            seq_len=self.seq_len, separator=self.prompt_separator,
                                            device=self.device)
         tracker.add({'sampled': self.prompt + ''.join(out)})
-        logger.log([(self.prompt, Text.subtle)] + [(t, Text.value) for t in out])
+        logger.log([(self.prompt, Text.subtle), (''.join(out), Text.value)])
 
     def run(self):
         """
-        labml's training loop, with Ctrl-C taken at step granularity: the first press finishes
-        the step in progress, saves a checkpoint and stops; a second press stops at once.
+        labml's training loop, stopped at step granularity by Ctrl-C or SIGTERM: the step in
+        progress finishes, a checkpoint is saved and the run ends ([stops](stops.html)).
         """
         n_params = sum(p.numel() for p in self.model.parameters())
         logger.log([('Model parameters: ', Text.key), (f'{n_params:,}', Text.value)])
         # The tokenizer goes with the run, for `generate`.
-        tokenizers.save(corpus.tokenizer_of(self.text), experiment._experiment_singleton().run.run_path)
+        tokenizers.save(corpus.tokenizer_of(self.text), labml_glue.run_path())
         with monit.section('Initialize'):
             self.init()
         _ = self.validator
         _ = self.trainer
-        # `iter` installs labml's own SIGINT handler; ours replaces it for the loop.
-        loop = iter(self.training_loop)
-        default_handler = signal.signal(signal.SIGINT, self._on_sigint)
-        try:
-            for _ in _epochs(loop):
-                self.run_step()
-                self._epochs_done += 1
-        except TrainingInterrupted:
-            monit.finish_loop()
-            # Check the steps since the last report before saving them.
-            if self._sums is not None:
-                self._report()
-            tracker.save()
-            tracker.new_line()
-            save_checkpoint_once()
-            logger.log(f'Interrupted at step {tracker.get_global_step():,}; checkpoint saved.', Text.danger)
-            raise KeyboardInterrupt() from None
-        finally:
-            signal.signal(signal.SIGINT, default_handler)
-
-    def _on_sigint(self, sig, frame):
-        if self._interrupted:
-            raise KeyboardInterrupt()
-        self._interrupted = True
-        logger.log('\nCtrl-C: stopping after this step (press again to stop now).', Text.danger)
+        with stops.StopRequests() as self._stop:
+            # `iter` installs labml's own SIGINT handler; ours goes back on top for the loop,
+            # and leaving the `with` restores what was there before either.
+            loop = iter(self.training_loop)
+            self._stop.install()
+            try:
+                for _ in _epochs(loop):
+                    # labml's loop has just saved the end of the last epoch
+                    self._last_save = time.monotonic()
+                    self.run_step()
+                    self._epochs_done += 1
+            except TrainingInterrupted as e:
+                labml_glue.close_training_loop()
+                if self.is_save_models:
+                    save_checkpoint_once()
+                saved = 'checkpoint saved' if self.is_save_models else 'no checkpoint (is_save_models=false)'
+                logger.log(f'Stopped at step {tracker.get_global_step():,}; {saved}.', Text.danger)
+                raise stops.interrupted(e.signum) from None
+            finally:
+                self._stop = None
 
 
 def _epochs(loop):
@@ -284,34 +286,8 @@ def _epochs(loop):
 
 def save_checkpoint_once():
     """Save a checkpoint at the current global step unless one is already there."""
-    run_path = experiment._experiment_singleton().run.checkpoint_path
-    if not (run_path / str(tracker.get_global_step())).exists():
+    if not (labml_glue.checkpoint_path() / str(tracker.get_global_step())).exists():
         experiment.save_checkpoint()
-
-
-def check_configs(c: Configs):
-    """
-    Refuse impossible configurations before anything is built or written. Sizes must be
-    positive, heads must divide the width, and the prompt must be in the vocabulary (which
-    loads the data, and with it checks the corpus).
-    """
-    sizes = {'seq_len': c.seq_len, 'batch_size': c.batch_size, 'epochs': c.epochs,
-             'inner_iterations': c.inner_iterations, 'transformer.d_model': c.transformer.d_model,
-             'transformer.n_heads': c.transformer.n_heads, 'transformer.n_layers': c.transformer.n_layers,
-             'transformer.ffn.d_ff': c.transformer.ffn.d_ff}
-    for key, value in sizes.items():
-        if value <= 0:
-            raise UserError(f'{key} must be positive, got {value}')
-    if c.transformer.d_model % c.transformer.n_heads:
-        raise UserError(f'transformer.d_model={c.transformer.d_model} is not divisible by '
-                        f'transformer.n_heads={c.transformer.n_heads}')
-    if not 0 <= c.transformer.dropout < 1:
-        raise UserError(f'transformer.dropout must be in [0, 1), got {c.transformer.dropout}')
-    if not 0 <= c.embedding_dropout < 1:
-        raise UserError(f'embedding_dropout must be in [0, 1), got {c.embedding_dropout}')
-    if c.bpe_vocab_size < 257:
-        raise UserError(f'bpe_vocab_size must be at least 257 (the 256 bytes and one merge), got {c.bpe_vocab_size}')
-    sampling.check_prompt(c.prompt, c.text)
 
 
 @option(Configs.device, 'device_configs')
@@ -343,19 +319,6 @@ def _grad_scaler(c: Configs):
 def _no_state_modules():
     """No state modules: accuracy is counted on the device by `step`."""
     return []
-
-
-def compute_ahead(c: Configs):
-    """
-    Compute now every config that training reads. labml rewrites the run's `configs.yaml` (a
-    pure-Python YAML dump of every key, about a fifth of a second) each time a config is first
-    computed after `experiment.start()`; computed lazily, the first steps would pay for two
-    dozen of them. The loop count waits: it depends on the checkpoint a resumed run loads at
-    the start.
-    """
-    for key in dir(c):
-        if key not in ('loop_count', 'training_loop'):
-            getattr(c, key)
 
 
 @option(Configs.train_model)
@@ -417,22 +380,20 @@ def transformer_optimizer(c: Configs) -> OptimizerConfigs:
 
     Warm-up and total length are given in tokens and converted to optimizer steps.
     """
-    conf = gpt_optimizer_configs(c.model, weight_decay=c.weight_decay, learning_rate=c.learning_rate,
+    groups = decay_groups(c.model, c.weight_decay, c.weight_decay_params)
+    return gpt_optimizer_configs(groups, weight_decay=c.weight_decay, learning_rate=c.learning_rate,
                                  d_model=c.transformer.d_model, warmup_tokens=c.warmup_steps,
-                                 tokens_per_step=c.batch_size * c.seq_len,
-                                 total_steps=c.epochs * len(c.train_loader))
-    conf.parameters = gpt1.decay_groups(c.model, c.weight_decay, c.weight_decay_params)
-    return conf
+                                 tokens_per_step=c.batch_size * c.seq_len, total_steps=c.epochs * len(c.train_loader))
 
 
 @option(Configs.weight_decay_params, 'linear')
 def _decay_linear():
-    return 'linear'
+    return linear_weights
 
 
 @option(Configs.weight_decay_params, 'matrices')
 def _decay_matrices():
-    return 'matrices'
+    return matrix_weights
 
 
 @option(Configs.tokenizer, 'bpe')

@@ -104,6 +104,13 @@ def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
     return t
 
 
+def all_reduce_max(t: torch.Tensor) -> torch.Tensor:
+    """The largest value of each element over the ranks (in place); itself with one process."""
+    if _world.is_distributed:
+        dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return t
+
+
 def teardown():
     global _world
     if dist.is_initialized():

@@ -2,24 +2,25 @@
 # Generate
 
 ```
-python -m gpt_experiment.generate --run UUID [--checkpoint STEP] (--prompt TEXT | --prompt-file FILE)
-    [--max-new-tokens N] [--temperature T] [--top-k K] [--top-p P] [--num-samples S] [--seed N]
+gpt-generate [--run UUID] [--checkpoint STEP] [--prompt TEXT | --prompt-file FILE] [--max-new-tokens N] [--temperature T] [--top-k K] [--top-p P] [--num-samples S] [--seed N]
     [--device D] [--no-cache] [--slide N]
 ```
 
 Continues a prompt from a run's checkpoint and streams the text to stdout as it is produced.
 The run, its checkpoint, configs and tokenizer come from the [run store](runs.html), the same
-way `--resume` finds them: the run by its uuid or a unique prefix, the newest complete
-checkpoint or `--checkpoint STEP`, everything read safely (tensors with `weights_only=True`,
-YAML without Python tags). The configs the run was given are applied to a fresh `Configs`,
-which rebuilds the same model (the vocabulary size comes from the tokenizer saved in the run's
-folder, so the corpus is not needed). Decoding, with the key/value cache, is in
-[sampling](sampling.html).
+way `--resume` finds them: the run by its uuid or a unique prefix (the newest run with a
+complete checkpoint by default), the newest complete checkpoint or `--checkpoint STEP`,
+everything read safely (tensors with `weights_only=True`, YAML without Python tags). The
+prompt is the run's own (`prompt`) unless given. The configs the run was given are applied to
+a fresh `Configs`, which rebuilds the same model (the vocabulary size comes from the tokenizer
+saved in the run's folder, so the corpus is not needed). Decoding, with the key/value cache,
+is in [sampling](sampling.html).
 
 Bad input (an unknown run or checkpoint, with what exists listed; a damaged or missing file of
 the run, named; prompt characters outside a character vocabulary; temperature < 0, top-k < 1,
-top-p outside (0, 1]) is one line on stderr and exit status 2. A prompt longer than the context is cropped to its last `seq_len` tokens,
-with a warning on stderr.
+top-p outside (0, 1]; a device that does not exist, or CUDA with a torch built without it) is
+one line on stderr and exit status 2. A prompt longer than the context is cropped to its last
+`seq_len` tokens, with a warning on stderr.
 """
 
 import argparse
@@ -27,7 +28,7 @@ import contextlib
 import io
 import sys
 from pathlib import Path
-from typing import List
+from typing import List, Optional
 
 import torch
 
@@ -42,12 +43,12 @@ class _Parser(argparse.ArgumentParser):
         raise UserError(message)
 
 
-def parse_args(argv: List[str]) -> argparse.Namespace:
+def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     p = _Parser(prog='python -m gpt_experiment.generate', description='Continue a prompt from a checkpoint.')
-    p.add_argument('--run', required=True, help='run uuid, or a unique prefix of one')
+    p.add_argument('--run', help='run uuid, or a unique prefix of one (default: the newest run with a checkpoint)')
     p.add_argument('--checkpoint', type=int, default=None, help='global step of the checkpoint (default: newest)')
-    prompt = p.add_mutually_exclusive_group(required=True)
-    prompt.add_argument('--prompt', help='text to continue')
+    prompt = p.add_mutually_exclusive_group()
+    prompt.add_argument('--prompt', help="text to continue (default: the run's own prompt)")
     prompt.add_argument('--prompt-file', help='UTF-8 file with the text to continue')
     p.add_argument('--max-new-tokens', type=int, default=200)
     p.add_argument('--temperature', type=float, default=1.0, help='0 is greedy')
@@ -62,7 +63,20 @@ def parse_args(argv: List[str]) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def load_model(run_dir: Path, checkpoint: Path, tokenizer, device: str):
+def check_device(name: str) -> torch.device:
+    """`--device`, checked by putting a tensor there: a device that does not exist, or CUDA with a
+    torch built without it, is a `UserError` of one line."""
+    try:
+        device = torch.device(name)
+        torch.empty(1, device=device)
+    except (RuntimeError, AssertionError, NotImplementedError) as e:
+        raise UserError(f'--device {name}: {str(e).strip().splitlines()[0]}') from None
+    if device.type == 'meta':
+        raise UserError('--device meta: meta tensors hold no values to generate from')
+    return device
+
+
+def load_model(run_dir: Path, checkpoint: Path, tokenizer, device: torch.device):
     """Rebuild the run's model from the configs it was given, and load the checkpoint's weights."""
     from .configs import Configs
     overrides = runs.given_configs(run_dir)
@@ -80,33 +94,38 @@ def load_model(run_dir: Path, checkpoint: Path, tokenizer, device: str):
     return model.to(device).eval(), conf
 
 
-def run(argv: List[str]) -> int:
+def run(argv: Optional[List[str]] = None) -> int:
+    """The command line (`gpt-generate`; `argv` defaults to `sys.argv[1:]`)."""
     try:
         args = parse_args(argv)
         sampler = sampling.make_sampler(args.temperature, args.top_k, args.top_p)
         if args.max_new_tokens < 1 or args.num_samples < 1:
             raise UserError('--max-new-tokens and --num-samples must be at least 1')
+        device = check_device(args.device)
+        prompt = args.prompt
         if args.prompt_file is not None:
             try:
                 prompt = Path(args.prompt_file).read_text(encoding='utf-8')
             except (OSError, UnicodeDecodeError) as e:
                 raise UserError(f'cannot read prompt file {args.prompt_file}: {e}') from None
-        else:
-            prompt = args.prompt
-        if not prompt:
-            raise UserError('prompt is empty: generation needs at least one token to start from')
 
         # labml reports what it builds and loads on stdout, which is the generated text's; errors
         # are ours to report, in one line.
         with contextlib.redirect_stdout(io.StringIO()):
             experiment.create(name='generate', python_file=runs.project_path(), writers=set())
-            run_dir = runs.find_run(args.run)
+            run_dir = runs.find_run(args.run) if args.run is not None else runs.newest_run_with_checkpoint()
             checkpoint = runs.find_checkpoint(run_dir, args.checkpoint)
             tokenizer = runs.load_tokenizer(run_dir)
-            missing = tokenizer.unknown(prompt)
-            if missing:
-                raise UserError('prompt has characters that are not in the vocabulary: ' + ' '.join(map(repr, missing)))
-            model, conf = load_model(run_dir, checkpoint, tokenizer, args.device)
+            model, conf = load_model(run_dir, checkpoint, tokenizer, device)
+        if args.run is None:
+            print(f'run {run_dir.parent.name}/{run_dir.name}, checkpoint {checkpoint.name}', file=sys.stderr)
+        # the run's own prompt, by default
+        prompt = conf.prompt if prompt is None else prompt
+        if not prompt:
+            raise UserError('prompt is empty: generation needs at least one token to start from')
+        missing = tokenizer.unknown(prompt)
+        if missing:
+            raise UserError('prompt has characters that are not in the vocabulary: ' + ' '.join(map(repr, missing)))
         ids = tokenizer.encode(prompt)
         if len(ids) > conf.seq_len:
             print(f'warning: the prompt has {len(ids)} tokens; keeping the last {conf.seq_len} (the context)',
@@ -114,7 +133,7 @@ def run(argv: List[str]) -> int:
             ids = ids[-conf.seq_len:]
         if args.slide is not None and not 1 <= args.slide < conf.seq_len:
             raise UserError(f'--slide must be in [1, {conf.seq_len - 1}], got {args.slide}')
-        prompt_ids = torch.tensor(ids, dtype=torch.long, device=args.device)
+        prompt_ids = torch.tensor(ids, dtype=torch.long, device=device)
     except UserError as e:
         print(f'error: {e}', file=sys.stderr)
         return 2

@@ -15,24 +15,23 @@ differ from the labml recipe in a few places. Each is an option here, off by def
   embeddings** (`embedding_dropout=0.1`), in [model](model.html);
 * **weight decay on every weight matrix** (`weight_decay_params=matrices`): GPT-1 decays "all
   non bias or gain weights", which includes the token and position embeddings, where minGPT
-  (`weight_decay_params=linear`, the default) decays only the `nn.Linear` weights;
+  (`weight_decay_params=linear`, the default) decays only the `nn.Linear` weights (both rules
+  are in [optimizer](optimizer.html));
 * **a cosine decay to zero** (`optimizer.optimizer=AdamWarmupCosineToZero`): labml_nn's
   schedule stops at 10% of the maximum learning rate.
 """
 
 import copy
 import math
-from typing import Dict, List
+from typing import Dict
 
 import torch
-from torch import nn
 
 from labml.configs import option
-from labml_nn.optimizers.configs import OptimizerConfigs
 from labml_nn.transformers import TransformerConfigs
 from labml_nn.transformers.models import TransformerLayer
 
-from .optimizer import FusedAdamWarmupCosineDecay
+from .optimizer import FusedAdamWarmupCosineDecay, optimizer_option
 
 
 class PostLNTransformerLayer(TransformerLayer):
@@ -58,34 +57,7 @@ def _post_ln_encoder_layer(c: TransformerConfigs):
                                   feed_forward=copy.deepcopy(c.ffn.ffn), dropout_prob=c.dropout)
 
 
-def linear_weights(model: nn.Module) -> List[str]:
-    """minGPT's rule: only the weights of `nn.Linear` layers decay."""
-    from .optimizer import decay_parameter_names
-    return decay_parameter_names(model)
-
-
-def matrix_weights(model: nn.Module) -> List[str]:
-    """
-    GPT-1's rule: every weight but biases and gains, that is every parameter with two or more
-    dimensions (linear weights, token embeddings, the learned position table). A tied
-    embedding is one parameter and is listed once.
-    """
-    return sorted(n for n, p in model.named_parameters() if p.dim() >= 2)
-
-
-DECAY_RULES = {'linear': linear_weights, 'matrices': matrix_weights}
-
-
-def decay_groups(model: nn.Module, weight_decay: float, rule: str) -> List[Dict]:
-    """Two parameter groups: the parameters `rule` picks with `weight_decay`, the rest with none."""
-    params = dict(model.named_parameters())
-    decay = set(DECAY_RULES[rule](model)) & set(params)
-    return [
-        {'params': [params[n] for n in sorted(decay)], 'weight_decay': weight_decay},
-        {'params': [params[n] for n in sorted(set(params) - decay)], 'weight_decay': 0.0},
-    ]
-
-
+@optimizer_option
 class AdamWarmupCosineToZero(FusedAdamWarmupCosineDecay):
     r"""
     ## Warm-up, then cosine decay to zero
@@ -101,9 +73,3 @@ class AdamWarmupCosineToZero(FusedAdamWarmupCosineDecay):
         progress = min(1.0, (state['step'] - group['warmup']) / max(1, group['total_steps'] - group['warmup']))
         return group['lr'] * 0.5 * (1.0 + math.cos(math.pi * progress))
 
-
-@option(OptimizerConfigs.optimizer, 'AdamWarmupCosineToZero')
-def _adam_warmup_cosine_to_zero(c: OptimizerConfigs):
-    return AdamWarmupCosineToZero(c.parameters, lr=c.learning_rate, betas=c.betas, eps=c.eps,
-                                  weight_decay=c.weight_decay_obj, optimized_update=c.optimized_adam_update,
-                                  amsgrad=c.amsgrad, warmup=c.warmup, total_steps=c.total_steps)

@@ -14,7 +14,7 @@ last, partial batch of each epoch keeps the schedule from turning back up at the
 """
 
 import math
-from typing import Dict, List
+from typing import Callable, Dict, List
 
 import torch
 from torch import nn
@@ -24,31 +24,45 @@ from labml_nn.optimizers.adam_warmup_cosine_decay import AdamWarmupCosineDecay
 from labml_nn.optimizers.configs import OptimizerConfigs
 
 
-def decay_parameter_names(model: nn.Module) -> List[str]:
-    """Names of the parameters that get weight decay: the weights of `nn.Linear` layers."""
+def linear_weights(model: nn.Module) -> List[str]:
+    """minGPT's decay rule: only the weights of `nn.Linear` layers decay."""
     return sorted(f'{mn}.{pn}' if mn else pn
                   for mn, m in model.named_modules() if isinstance(m, nn.Linear)
                   for pn, _ in m.named_parameters(recurse=False) if pn == 'weight')
 
 
-def parameter_groups(model: nn.Module, weight_decay: float) -> List[Dict]:
-    """Two parameter groups: linear weights with `weight_decay`, everything else with none."""
+def matrix_weights(model: nn.Module) -> List[str]:
+    """
+    GPT-1's decay rule: every weight but biases and gains, that is every parameter with two or
+    more dimensions (linear weights, token embeddings, the learned position table). A tied
+    embedding is one parameter and is listed once.
+    """
+    return sorted(n for n, p in model.named_parameters() if p.dim() >= 2)
+
+
+# A decay rule: the names of the parameters of a model that decay.
+DecayRule = Callable[[nn.Module], List[str]]
+
+
+def decay_groups(model: nn.Module, weight_decay: float, rule: DecayRule = linear_weights) -> List[Dict]:
+    """Two parameter groups: the parameters `rule` picks, with `weight_decay`; the rest with none."""
     params = dict(model.named_parameters())
-    decay = set(decay_parameter_names(model)) & set(params)
+    decay = set(rule(model)) & set(params)
     return [
         {'params': [params[n] for n in sorted(decay)], 'weight_decay': weight_decay},
         {'params': [params[n] for n in sorted(set(params) - decay)], 'weight_decay': 0.0},
     ]
 
 
-def gpt_optimizer_configs(model: nn.Module, *, weight_decay: float, learning_rate: float, d_model: int,
+def gpt_optimizer_configs(parameters: List[Dict], *, weight_decay: float, learning_rate: float, d_model: int,
                           warmup_tokens: int, tokens_per_step: int, total_steps: int) -> OptimizerConfigs:
     """
-    labml_nn's `OptimizerConfigs` set up for GPT. It stays a configs object, so every field
-    can still be overridden from the command line (`optimizer.learning_rate=1e-3`).
+    labml_nn's `OptimizerConfigs` set up for GPT, on the parameter groups of `decay_groups`.
+    It stays a configs object, so every field can still be overridden from the command line
+    (`optimizer.learning_rate=1e-3`).
     """
     conf = OptimizerConfigs()
-    conf.parameters = parameter_groups(model, weight_decay)
+    conf.parameters = parameters
     # labml_nn's `AdamWarmupCosineDecay` on PyTorch's fused Adam kernel (below): the same
     # update in one pass per tensor; `optimizer.optimizer=AdamWarmupCosineDecay` is the stock one.
     conf.optimizer = 'FusedAdamWarmupCosineDecay'
@@ -61,11 +75,26 @@ def gpt_optimizer_configs(model: nn.Module, *, weight_decay: float, learning_rat
     conf.weight_decay = weight_decay
     # $\theta \leftarrow \theta - \alpha \lambda \theta$, not $g \leftarrow g + \lambda \theta$.
     conf.weight_decouple = True
+    # The warm-up is given in tokens; the optimizer counts steps.
     conf.warmup = warmup_tokens // tokens_per_step
     conf.total_steps = total_steps
     return conf
 
 
+def optimizer_option(cls):
+    """
+    Register an `AdamWarmupCosineDecay` subclass as the `optimizer.optimizer` option of its
+    name, built from labml_nn's `OptimizerConfigs` as labml_nn builds its own.
+    """
+    def build(c: OptimizerConfigs):
+        return cls(c.parameters, lr=c.learning_rate, betas=c.betas, eps=c.eps,
+                   weight_decay=c.weight_decay_obj, optimized_update=c.optimized_adam_update,
+                   amsgrad=c.amsgrad, warmup=c.warmup, total_steps=c.total_steps)
+    option(OptimizerConfigs.optimizer, cls.__name__)(build)
+    return cls
+
+
+@optimizer_option
 class ForeachAdamWarmupCosineDecay(AdamWarmupCosineDecay):
     r"""
     ## The same optimizer on multi-tensor kernels
@@ -180,6 +209,7 @@ class ForeachAdamWarmupCosineDecay(AdamWarmupCosineDecay):
         torch._foreach_addcdiv_(params, m, denominator, value=-step_size)
 
 
+@optimizer_option
 class FusedAdamWarmupCosineDecay(ForeachAdamWarmupCosineDecay):
     r"""
     ## The same optimizer on PyTorch's fused Adam kernels
@@ -240,20 +270,6 @@ class FusedAdamWarmupCosineDecay(ForeachAdamWarmupCosineDecay):
 def _fused_devices():
     from torch.utils._foreach_utils import _get_fused_kernels_supported_devices
     return _get_fused_kernels_supported_devices()
-
-
-@option(OptimizerConfigs.optimizer, 'ForeachAdamWarmupCosineDecay')
-def _foreach_adam_warmup_cosine_decay(c: OptimizerConfigs):
-    return ForeachAdamWarmupCosineDecay(c.parameters, lr=c.learning_rate, betas=c.betas, eps=c.eps,
-                                        weight_decay=c.weight_decay_obj, optimized_update=c.optimized_adam_update,
-                                        amsgrad=c.amsgrad, warmup=c.warmup, total_steps=c.total_steps)
-
-
-@option(OptimizerConfigs.optimizer, 'FusedAdamWarmupCosineDecay')
-def _fused_adam_warmup_cosine_decay(c: OptimizerConfigs):
-    return FusedAdamWarmupCosineDecay(c.parameters, lr=c.learning_rate, betas=c.betas, eps=c.eps,
-                                      weight_decay=c.weight_decay_obj, optimized_update=c.optimized_adam_update,
-                                      amsgrad=c.amsgrad, warmup=c.warmup, total_steps=c.total_steps)
 
 
 def clip_grad_norm_(optimizer: torch.optim.Optimizer, parameters, max_norm: float) -> torch.Tensor:

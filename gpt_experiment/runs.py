@@ -13,6 +13,7 @@ the listing below and any later command go through it:
 * `project_path()`, `logs_path()`: the labml project around the current directory, and its `logs/`;
 * `find_run(uuid_or_prefix)`: a run's folder from its full uuid or a unique prefix (a
   distributed run's `<uuid>.0` is that run); no match, or several, is one line naming them;
+  `newest_run_with_checkpoint()`, the default of `generate`;
 * `checkpoint_steps(run_dir)`, `find_checkpoint(run_dir, step)`: its complete checkpoints
   (judged by [checkpoints](checkpoints.html)), and the one to load: `step`, or the newest,
   refusing a damaged newest one with the name of the newest complete one;
@@ -105,6 +106,15 @@ def find_run(uuid_or_prefix: str, logs: Optional[Path] = None) -> Path:
     if matches:
         raise UserError(f'run prefix {uuid_or_prefix!r} is ambiguous: {listing}')
     raise UserError(f'no run {uuid_or_prefix!r} in {logs}; runs: {listing}')
+
+
+def newest_run_with_checkpoint(logs: Optional[Path] = None) -> Path:
+    """The most recently started run that has a complete checkpoint (`generate`'s default)."""
+    logs = logs_path() if logs is None else logs
+    with_checkpoints = [r.path for r in list_runs(logs) if r.checkpoints]
+    if not with_checkpoints:
+        raise UserError(f'no run with a checkpoint in {logs}; train one first, or give --run')
+    return with_checkpoints[-1]
 
 
 # ## Checkpoints of a run
@@ -226,16 +236,6 @@ def _ending(run_dir: Path) -> Optional[Dict[str, Any]]:
         raise UserError(f'{path} is not labml run log') from None
 
 
-def _is_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def _pid(run_dir: Path) -> Optional[int]:
     pids = sorted((run_dir / 'pids').glob('*.pid'))
     try:
@@ -253,7 +253,7 @@ def status(run_dir: Path) -> str:
     ending = _ending(run_dir)
     if ending is None:
         pid = _pid(run_dir)
-        return 'running' if pid is not None and _is_alive(pid) else 'crashed'
+        return 'running' if pid is not None and checkpoints.process_alive(pid) else 'crashed'
     if ending.get('status') == 'crashed' and 'loss is not finite' in str(ending.get('details')):
         return 'non-finite'
     return str(ending.get('status'))
@@ -273,7 +273,10 @@ class Run(NamedTuple):
 
 
 def _duration(run_dir: Path, state: str) -> Optional[float]:
-    """From labml's pid file (written at the start) to the end in `run_log.jsonl`, or to now."""
+    """
+    From labml's pid file (written at the start) to the end in `run_log.jsonl`; to now while it
+    runs; for a process that is gone without a word, to the last tracked value it wrote.
+    """
     pids = sorted((run_dir / 'pids').glob('*.pid'))
     if not pids:
         return None
@@ -281,7 +284,10 @@ def _duration(run_dir: Path, state: str) -> Optional[float]:
     ending = _ending(run_dir)
     if ending is not None and isinstance(ending.get('time'), (int, float)):
         return ending['time'] - started
-    return time.time() - started if state == 'running' else None
+    if state == 'running':
+        return time.time() - started
+    db = run_dir / 'sqlite.db'
+    return db.stat().st_mtime - started if db.is_file() else None
 
 
 def read_run(run_dir: Path) -> Run:
@@ -328,7 +334,9 @@ def format_runs(runs: List[Run]) -> str:
     return '\n'.join('  '.join(c.ljust(w) for c, w in zip(row, widths)) + '  ' + row[-1] for row in rows)
 
 
-def main(argv: List[str]) -> int:
+def main(argv: Optional[List[str]] = None) -> int:
+    """The command line (`gpt-runs`; `argv` defaults to `sys.argv[1:]`)."""
+    argv = sys.argv[1:] if argv is None else argv
     if argv and argv[0] in ('-h', '--help'):
         print(__doc__.split('```')[1].strip())
         return 0

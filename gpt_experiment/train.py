@@ -16,9 +16,10 @@ from typing import Any, Dict, Iterable, Optional, Union
 
 from labml import experiment, tracker
 
-from . import checkpoints, cli, dashboard, distributed, finetune, runs, summary, writers as writers_
+from . import checkpoints, cli, console, dashboard, distributed, finetune, labml_glue, runs, summary, writers as writers_
 from . import resume as resume_state
-from .configs import Configs, check_configs, compute_ahead
+from .checks import check_configs
+from .configs import Configs
 from .errors import UserError
 from .runs import project_path  # noqa: F401 (kept importable from here)
 
@@ -27,15 +28,30 @@ from .runs import project_path  # noqa: F401 (kept importable from here)
 TOKENIZER_KEYS = ('tokenizer', 'bpe_vocab_size', 'bpe_train_bytes')
 
 
+def compute_ahead(c: Configs):
+    """
+    Compute now every config that training reads. labml rewrites the run's `configs.yaml` (a
+    pure-Python YAML dump of every key, about a fifth of a second) each time a config is first
+    computed after `experiment.start()`; computed lazily, the first steps would pay for two
+    dozen of them. The loop count waits: it depends on the checkpoint a resumed run loads at
+    the start.
+    """
+    for key in dir(c):
+        if key not in ('loop_count', 'training_loop'):
+            getattr(c, key)
+
+
 def main(overrides: Optional[Dict[str, Any]] = None, *, name: Optional[str] = None, comment: str = '',
          resume: Optional[str] = None, checkpoint: Optional[int] = None,
-         writers: Union[str, Iterable[str]] = writers_.DEFAULT) -> Configs:
+         writers: Union[str, Iterable[str]] = writers_.DEFAULT, verbose: bool = False) -> Configs:
     """
     Train a GPT with `overrides` applied to the defaults; returns the computed configs.
     `resume` (a run uuid) continues that run from its newest complete checkpoint, or from
     `checkpoint`, as a new run ([resume](resume.html)). Under torchrun, every process calls
-    this ([distributed](distributed.html)). `writers` are labml's ([writers](writers.html)).
+    this ([distributed](distributed.html)). `writers` are labml's ([writers](writers.html)); `verbose`
+    shows labml's `Prepare <config>` sections ([console](console.html)).
     """
+    console.install(verbose)
     overrides = cli.check_overrides(Configs, overrides or {})
     writers = writers_.check_writers(writers)
     if name is not None and not checkpoints.is_plain_name(name):
@@ -56,6 +72,9 @@ def main(overrides: Optional[Dict[str, Any]] = None, *, name: Optional[str] = No
     if resume is not None:
         parent = runs.find_run(resume)
         step = int(runs.find_checkpoint(parent, checkpoint).name)
+        if world.is_main and runs.status(parent) != 'running':
+            # what a killed writer of the parent left half written
+            checkpoints.remove_partial_checkpoints(parent)
         # The run's tokenizer, as it saved it: the corpus is encoded with it, never rebuilt.
         run_tokenizer = runs.load_tokenizer(parent)
         for key in TOKENIZER_KEYS:
@@ -87,15 +106,17 @@ def main(overrides: Optional[Dict[str, Any]] = None, *, name: Optional[str] = No
     experiment.load(parent.name if parent else None, step)
     # The dashboard, when one is configured and answers ([dashboard](dashboard.html)).
     dashboard_api = dashboard.connect(writers if world.is_main else set())
-    run = experiment._experiment_singleton().run
+    run_uuid, run_path = labml_glue.run_uuid(), labml_glue.run_path()
     started = time.time()
     try:
-        with experiment.start():
+        with labml_glue.start(daemon_sender=dashboard_api is not None):
+            # in the dashboard's runs list while it trains
+            dashboard.claim_soon(dashboard_api, run_uuid)
             conf.run()
     finally:
         seconds = time.time() - started
-        page = dashboard.finish(dashboard_api, run.uuid)
+        page = dashboard.finish(dashboard_api, run_uuid)
     if world.is_main:
-        summary.report(run.run_path, tokens=tracker.get_global_step() - (step or 0), seconds=seconds,
+        summary.report(run_path, tokens=tracker.get_global_step() - (step or 0), seconds=seconds,
                        dashboard_url=page)
     return conf

@@ -6,7 +6,7 @@ labml sends every `tracker` value to its *writers*, chosen when the experiment i
 `tensorboard` (event files in the run's `tensorboard/` folder) and `file` (a text log). The
 default is `screen,sqlite,web_api`; `--writers screen,sqlite,tensorboard` on the command line (or
 `main(..., writers=...)`) chooses others. TensorBoard is an optional extra:
-`pip install -r requirements-extras.txt`, then `tensorboard --logdir logs`.
+`pip install "gpt-experiment[tensorboard]"`, then `tensorboard --logdir logs`.
 """
 
 import importlib.util
@@ -26,5 +26,5 @@ def check_writers(writers: Union[str, Iterable[str]]) -> Set[str]:
     if unknown:
         raise UserError(f'unknown writer {unknown[0]!r}; choose from: {", ".join(KNOWN)}')
     if 'tensorboard' in names and importlib.util.find_spec('tensorboard') is None:
-        raise UserError('the tensorboard writer needs TensorBoard: pip install -r requirements-extras.txt')
+        raise UserError('the tensorboard writer needs TensorBoard: pip install "gpt-experiment[tensorboard]"')
     return set(names)

@@ -17,7 +17,7 @@ from labml_nn.transformers.mha import MultiHeadAttention
 from gpt_experiment import optimizer as optimizers
 from gpt_experiment.attention import SDPAttention, batch_first
 from gpt_experiment.optimizer import (FusedAdamWarmupCosineDecay, ForeachAdamWarmupCosineDecay, clip_grad_norm_,
-                                      parameter_groups)
+                                      decay_groups)
 from gpt_experiment.train import main
 
 from conftest import TINY, checkpoint_steps, make_configs, run_dirs
@@ -106,8 +106,8 @@ def _train_pair(optimizer_class, decouple: bool, max_norm=None, steps=10, eps=1e
     b = copy.deepcopy(a)
     kw = dict(lr=6e-4, betas=(0.9, 0.95), eps=eps, weight_decay=WeightDecay(0.1, decouple, absolute), warmup=4,
               total_steps=10)
-    opt_a = stock_class(parameter_groups(a, 0.1), **kw)
-    opt_b = optimizer_class(parameter_groups(b, 0.1), **kw)
+    opt_a = stock_class(decay_groups(a, 0.1), **kw)
+    opt_b = optimizer_class(decay_groups(b, 0.1), **kw)
     norms = []
     for _ in range(steps):
         x = torch.randint(0, 11, (8,))

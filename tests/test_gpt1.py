@@ -6,7 +6,8 @@ import torch
 from torch import nn
 
 from gpt_experiment.cli import load_yaml
-from gpt_experiment.gpt1 import AdamWarmupCosineToZero, PostLNTransformerLayer, decay_groups
+from gpt_experiment.gpt1 import AdamWarmupCosineToZero, PostLNTransformerLayer
+from gpt_experiment.optimizer import decay_groups, linear_weights, matrix_weights
 
 from conftest import REPO_ROOT, make_configs
 
@@ -63,12 +64,12 @@ def test_matrices_decay_rule_takes_every_weight_but_biases_and_gains(tiny_config
     conf = tiny_configs(**{'transformer.src_embed': 'learned_pos'})
     model = conf.model
     names = {id(p): n for n, p in model.named_parameters()}
-    decay, no_decay = decay_groups(model, 0.01, 'matrices')
+    decay, no_decay = decay_groups(model, 0.01, matrix_weights)
     decayed = {names[id(p)] for p in decay['params']}
     assert 'src_embed.linear.weight' in decayed and 'src_embed.positional_encodings' in decayed
     assert not any(n.endswith('bias') or 'norm' in n for n in decayed)
     assert {names[id(p)] for p in no_decay['params']} == set(names.values()) - decayed
-    linear, _ = decay_groups(model, 0.01, 'linear')
+    linear, _ = decay_groups(model, 0.01, linear_weights)
     assert 'src_embed.linear.weight' not in {names[id(p)] for p in linear['params']}
     # and the option reaches the optimizer
     opt = tiny_configs(weight_decay_params='matrices', weight_decay=0.01,

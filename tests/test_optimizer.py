@@ -4,7 +4,7 @@ import pytest
 import torch
 from labml_nn.optimizers.adam_warmup_cosine_decay import AdamWarmupCosineDecay
 
-from gpt_experiment.optimizer import decay_parameter_names, parameter_groups
+from gpt_experiment.optimizer import decay_groups, linear_weights
 
 from conftest import CORPUS
 
@@ -22,13 +22,13 @@ ONE_LAYER_DECAY = {
 
 def test_exactly_the_linear_weights_decay(tiny_configs):
     model = tiny_configs().model
-    assert set(decay_parameter_names(model)) == ONE_LAYER_DECAY
+    assert set(linear_weights(model)) == ONE_LAYER_DECAY
 
 
 @pytest.mark.parametrize('src_embed', ['fixed_pos', 'learned_pos'])
 def test_every_parameter_in_exactly_one_group(tiny_configs, src_embed):
     model = tiny_configs(**{'transformer.src_embed': src_embed}).model
-    decay, no_decay = parameter_groups(model, weight_decay=0.1)
+    decay, no_decay = decay_groups(model, weight_decay=0.1)
     assert decay['weight_decay'] == 0.1
     assert no_decay['weight_decay'] == 0.0
 

@@ -5,7 +5,7 @@ import torch
 from torch import nn
 
 from gpt_experiment import UserError
-from gpt_experiment.configs import check_configs
+from gpt_experiment.checks import check_configs
 from gpt_experiment.sampling import check_prompt, greedy_continuation
 
 from conftest import PARAGRAPH

@@ -1,0 +1,122 @@
+"""
+# labml's private parts (written against labml 0.4.168 and labml-helpers 0.4.89)
+
+**Private.** labml's public API (`experiment`, `tracker`, `monit`, `@option`) covers almost
+everything this project does. The few things it does not are here, and only here, so that a new
+labml release breaks one module: each function says what it reaches into and why. Nothing
+outside this module imports `labml.internal` or reads a name-mangled field.
+"""
+
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Dict, Optional, Tuple
+
+from labml import experiment, monit, tracker
+from labml.configs import BaseConfigs
+# labml's checkpoint writer and the interface of what it saves, which `checkpoints` subclasses
+from labml.internal.experiment import CheckpointSaver, ModelSaver  # noqa: F401 (re-exported)
+
+# The versions this module was written and tested against.
+LABML_VERSION = '0.4.168'
+LABML_HELPERS_VERSION = '0.4.89'
+
+
+def _experiment():
+    # The experiment that `experiment.create` made: labml keeps it in a module-level singleton.
+    from labml.internal.experiment import experiment_singleton
+    return experiment_singleton()
+
+
+def run_path() -> Path:
+    """The current run's folder, `logs/<name>/<uuid>`."""
+    return Path(_experiment().run.run_path)
+
+
+def run_uuid() -> str:
+    """The current run's uuid."""
+    return _experiment().run.uuid
+
+
+def checkpoint_path() -> Path:
+    """The current run's `checkpoints/` folder."""
+    return Path(_experiment().run.checkpoint_path)
+
+
+def set_checkpoint_saver(saver: CheckpointSaver):
+    """Replace the current experiment's checkpoint writer (labml has no setter for it)."""
+    _experiment().checkpoint_saver = saver
+
+
+def drop_writer(name: str):
+    """Stop sending tracked values to writer `name` (before `experiment.start`)."""
+    _experiment().writers.discard(name)
+
+
+def dashboard_sender_thread():
+    """The thread that sends to the dashboard (labml's `ApiCaller`'s), or `None`."""
+    web_api = _experiment().web_api
+    return web_api.api_caller.thread if web_api is not None else None
+
+
+def start(daemon_sender: bool = False):
+    """
+    `experiment.start()`. With `daemon_sender`, the dashboard sender that labml creates in it
+    is a daemon thread: labml's retries forever, and the interpreter would wait for it at exit
+    with the dashboard gone. labml passes no such argument, so its keyword default is changed
+    for the duration of this call only, and restored.
+    """
+    from labml.internal.api import ApiCaller
+    defaults = ApiCaller.__init__.__kwdefaults__
+    before = defaults['daemon']
+    defaults['daemon'] = daemon_sender or before
+    try:
+        return experiment.start()
+    finally:
+        defaults['daemon'] = before
+
+
+def configured_dashboard_url() -> Optional[str]:
+    """The `web_api` URL labml will send to (`.labml.yaml` or `labml_server`), if any."""
+    from labml.internal.lab import lab_singleton
+    web_api = lab_singleton().web_api
+    return web_api.url if web_api is not None else None
+
+
+def app_folder() -> Path:
+    """labml's configuration folder, `~/.labml/app`."""
+    from labml.internal.computer.configs import computer_singleton
+    return Path(computer_singleton().app_folder)
+
+
+def configs_registry(configs: BaseConfigs) -> Tuple[Dict[str, Any], Dict[str, Any], Dict[str, Dict], Dict[str, Any]]:
+    """
+    The declared types, defaults, options and aggregate options of a configs object, which
+    labml keeps in name-mangled fields of `BaseConfigs` (`_Configs__types`, ...).
+    """
+    def get(name):
+        return object.__getattribute__(configs, f'_Configs__{name}')
+    return get('types'), get('defaults'), get('options'), get('aggregates_options')
+
+
+def close_training_loop():
+    """
+    What labml_helpers' `TrainingLoop` does when its loop stops early (its private `__finish`,
+    without the checkpoint): end the progress line and write what the tracker holds.
+    """
+    monit.finish_loop()
+    tracker.save()
+    tracker.new_line()
+
+
+# labml's console output: the interface of a logger destination, and its terminal one
+from labml.internal.logger.destinations import Destination  # noqa: E402,F401 (re-exported)
+from labml.internal.logger.destinations.console import ConsoleDestination  # noqa: E402,F401 (re-exported)
+
+
+def logger_destinations() -> list:
+    """
+    The destinations labml's logger writes every line to (a list, kept in a name-mangled field
+    of its logger singleton), so that [console](console.html) can replace the terminal one.
+    """
+    from labml.internal.logger import logger_singleton
+    return logger_singleton()._Logger__destinations

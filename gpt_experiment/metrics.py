@@ -1,0 +1,62 @@
+"""
+# Training metrics, summed on the device
+
+labml_nn's trainer hands every step's loss to the tracker as a Python number, which makes each
+step wait for the device to finish. Here the loss and the accuracy of each step are *added up
+on the device*, and handed to labml's tracker every `log_interval` steps and at the end of each
+train or valid stretch: one wait per report instead of one per step.
+
+The non-finite-loss check is made at the report too: a NaN or an infinity in any step makes the
+sum non-finite. Every checkpoint is written after a report (labml saves between epochs, which
+end with one; Ctrl-C reports before saving), so a bad step stops the run at most `log_interval`
+steps later, before anything it spoiled is saved.
+"""
+
+import math
+from typing import Dict, List, Tuple
+
+import torch
+
+from . import distributed
+
+
+class LossNotFinite(Exception):
+    """Raised at the report that finds a NaN or infinite loss; nothing is saved after it."""
+
+
+class StepMetrics:
+    """The loss, correct predictions, predictions and steps since the last report."""
+
+    def __init__(self):
+        self.loss_sum = 0.
+        self.correct = 0
+        self.count = 0
+        self.steps = 0
+        # `(global step, loss on the device)` of each step, to name the first bad one
+        self.recent: List[Tuple[int, torch.Tensor]] = []
+
+    @torch.no_grad()
+    def add(self, step: int, loss: torch.Tensor, output: torch.Tensor, target: torch.Tensor):
+        """Add one step's loss and accuracy; nothing here waits for the device."""
+        loss = loss.detach()
+        self.recent.append((step, loss))
+        self.loss_sum = self.loss_sum + loss.float()
+        # The predicted token is the most likely one
+        self.correct = self.correct + (output.argmax(dim=-1) == target).sum()
+        self.count += target.numel()
+        self.steps += 1
+
+    def report(self, device: torch.device, split: str) -> Dict[str, float]:
+        """
+        The mean loss and the accuracy for labml's tracker (`loss.`, `accuracy.`, which labml
+        suffixes with the mode: `loss.train`, `loss.valid`). One device sync; with several
+        processes, the sums of all of them.
+        """
+        sums = torch.stack([torch.as_tensor(v, dtype=torch.float64, device=device)
+                            for v in (self.loss_sum, self.correct, self.count, self.steps)])
+        loss, correct, count, steps = distributed.all_reduce_sum(sums).tolist()
+        if not math.isfinite(loss):
+            # The first step whose own loss is not finite (or the last, if none is alone)
+            bad = next((s for s, v in self.recent if not torch.isfinite(v)), self.recent[-1][0])
+            raise LossNotFinite(f'{split} loss is not finite at step {bad:,} (tokens)')
+        return {'loss.': loss / steps, 'accuracy.': correct / count}
