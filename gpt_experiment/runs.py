@@ -167,6 +167,17 @@ def given_configs(run_dir: Path) -> Dict[str, Any]:
             if isinstance(v, dict) and v.get('is_explicitly_specified') and 'value' in v}
 
 
+def config_values(run_dir: Path) -> Dict[str, Any]:
+    """Every config's value as the run recorded it (given, or set by an option), or `None`."""
+    configs = checkpoints.load_yaml(run_dir / 'configs.yaml') or {}
+    return {k: v.get('value') for k, v in configs.items() if isinstance(v, dict)} if isinstance(configs, dict) else {}
+
+
+def config_value(run_dir: Path, key: str) -> Any:
+    """A config's value as the run recorded it, or `None`."""
+    return config_values(run_dir).get(key)
+
+
 def load_tokenizer(run_dir: Path):
     """The tokenizer the run saved, `tokenizer.json` in its folder."""
     path = run_dir / tokenizers.FILE_NAME

@@ -16,7 +16,7 @@ from typing import Any, Dict, Iterable, Optional, Union
 
 from labml import experiment, tracker
 
-from . import checkpoints, cli, console, dashboard, distributed, labml_glue, runs, summary, writers as writers_
+from . import checkpoints, cli, console, dashboard, distributed, finetune, labml_glue, runs, summary, writers as writers_
 from . import resume as resume_state
 from .checks import check_configs
 from .configs import Configs
@@ -61,7 +61,14 @@ def main(overrides: Optional[Dict[str, Any]] = None, *, name: Optional[str] = No
                  distributed_world_size=world.size if world.is_distributed else 0,
                  writers=writers if world.is_main else set())
     experiment.create(name=name or 'gpt', comment=comment, python_file=project_path(), **ranks)
-    parent, step, run_tokenizer = None, None, None
+    source, parent, step, run_tokenizer = None, None, None, None
+    if overrides.get('init_from'):
+        # A new run from another run's weights, with its tokenizer and shape ([finetune](finetune.html)).
+        if resume is not None:
+            raise UserError('init_from starts a new run from a run\'s weights and --resume continues a run; give one')
+        source = finetune.find_source(overrides['init_from'])
+        overrides = finetune.with_source_shape(source, overrides)
+        run_tokenizer = runs.load_tokenizer(source.run)
     if resume is not None:
         parent = runs.find_run(resume)
         step = int(runs.find_checkpoint(parent, checkpoint).name)
@@ -86,6 +93,8 @@ def main(overrides: Optional[Dict[str, Any]] = None, *, name: Optional[str] = No
     experiment.configs(conf, overrides)
     # Everything that can fail on bad input is computed before the run's folder is written.
     check_configs(conf)
+    if source is not None:
+        finetune.load_weights(conf.model, source)
     distributed.check_batch(conf.batch_size)
     checkpoints.install({
         'model': checkpoints.model_saver('model', conf.model),
@@ -105,6 +114,8 @@ def main(overrides: Optional[Dict[str, Any]] = None, *, name: Optional[str] = No
         with labml_glue.start(daemon_sender=dashboard_api is not None):
             # in the dashboard's runs list while it trains
             dashboard.claim_soon(dashboard_api, run_uuid)
+            if 'tensorboard' in writers and world.is_main:
+                labml_glue.add_tracker_writer(writers_.TensorBoardExtras(run_path / 'tensorboard', labml_glue.run_configs()))
             conf.run()
     finally:
         seconds = time.time() - started
