@@ -30,6 +30,8 @@ def check_configs(c):
         raise UserError(f'transformer.dropout must be in [0, 1), got {c.transformer.dropout}')
     if not 0 <= c.embedding_dropout < 1:
         raise UserError(f'embedding_dropout must be in [0, 1), got {c.embedding_dropout}')
+    if c.valid_batches < 0:
+        raise UserError(f'valid_batches must be 0 (the whole split) or more, got {c.valid_batches}')
     if c.bpe_vocab_size < 257:
         raise UserError(f'bpe_vocab_size must be at least 257 (the 256 bytes and one merge), got {c.bpe_vocab_size}')
     sampling.check_prompt(c.prompt, c.text)

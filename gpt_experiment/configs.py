@@ -30,14 +30,14 @@ from labml import experiment, lab, logger, monit, tracker
 from labml.configs import option
 from labml.logger import Text
 from labml_helpers.device import DeviceConfigs
-from labml_helpers.train_valid import BatchIndex, hook_model_outputs
+from labml_helpers.train_valid import BatchIndex, Trainer, hook_model_outputs
 from labml_nn.experiments.nlp_autoregression import NLPAutoRegressionConfigs
 from labml_nn.optimizers.configs import OptimizerConfigs
 from labml_nn.transformers import TransformerConfigs
 
 from . import attention, console, corpus, data, distributed, gpt1, labml_glue, sampling, stops, tokenizers  # noqa: F401 (attention and gpt1 register options)
 from .errors import UserError
-from .metrics import StepMetrics
+from .metrics import StepMetrics, learning_rate
 from .model import GPT, crop_positions, init_weights
 from .optimizer import (DecayRule, clip_grad_norm_, decay_groups, gpt_optimizer_configs, linear_weights,
                         matrix_weights)
@@ -131,6 +131,11 @@ class Configs(NLPAutoRegressionConfigs):
     # Training steps between two reports of loss and accuracy to labml's tracker. Metrics are
     # summed on the device in between, so that no step waits for the device to report.
     log_interval: int = 10
+    # Batches drawn at random from the validation split for each validation (nanoGPT's
+    # `eval_iters`), so that validation can run often; the run's last validation is over the
+    # whole split. 0: each validation is its stretch's share of the split (labml's way).
+    valid_batches: int = 0
+    validator = 'valid_batches'
 
     # Epochs to run: `epochs`, less those a resumed checkpoint has done
     loop_count = 'remaining_epochs'
@@ -154,6 +159,9 @@ class Configs(NLPAutoRegressionConfigs):
         """
         tracker.set_scalar('accuracy.*', True)
         tracker.set_scalar('loss.*', True)
+        # the numbers people watch ([metrics](metrics.html)), printed in every report
+        for name in ('lr', 'grad_norm', 'tokens_per_second'):
+            tracker.set_scalar(name, True)
         tracker.set_text('sampled', False)
         if self.is_log_model_activations:
             hook_model_outputs(self.mode, self.model, 'model')
@@ -166,6 +174,8 @@ class Configs(NLPAutoRegressionConfigs):
         accuracy stay on the device until a report is due, and the model's gradients are
         released (`set_to_none`) rather than zero-filled.
         """
+        if self._metrics is None:
+            self._metrics = StepMetrics()
         self.model.train(self.mode.is_train)
         data, target = batch[0].to(self.device), batch[1].to(self.device)
         if self.mode.is_train:
@@ -178,20 +188,22 @@ class Configs(NLPAutoRegressionConfigs):
             # (without gradients) for a small share of the time.
             output, *_ = (self.train_model if self.mode.is_train else self.model)(data)
             loss = self.loss_func(output, target)
-        if self._metrics is None:
-            self._metrics = StepMetrics()
         self._metrics.add(tracker.get_global_step(), loss, output, target)
 
         if self.mode.is_train:
             self.grad_scaler.scale(loss).backward()
             # Clip the true gradients, not the scaled ones.
             self.grad_scaler.unscale_(self.optimizer)
-            clip_grad_norm_(self.optimizer, self.model.parameters(), max_norm=self.grad_norm_clip)
+            grad_norm = clip_grad_norm_(self.optimizer, self.model.parameters(), max_norm=self.grad_norm_clip)
+            self._metrics.add_grad_norm(grad_norm)
             self.grad_scaler.step(self.optimizer)
             self.grad_scaler.update()
             if batch_idx.is_last and self.is_log_model_params_grads:
                 tracker.add('model', self.model)
             self.optimizer.zero_grad(set_to_none=True)
+            if batch_idx.is_last and self.valid_batches > 0 and self._epochs_done + 1 >= self.epochs:
+                # The run's last validation, right after this epoch, is over the whole split.
+                self.validator.set_data_loader(self.valid_loader)
 
         # Report every `log_interval` steps and at the end of each train or valid stretch.
         ends_stretch = batch_idx.idx + 1 >= (batch_idx.iteration + 1) * batch_idx.total // batch_idx.total_iterations
@@ -226,6 +238,8 @@ class Configs(NLPAutoRegressionConfigs):
         """Hand the metrics since the last report to labml's tracker (one device sync)."""
         metrics, self._metrics = self._metrics, None
         tracker.add(metrics.report(self.device, 'training' if self.mode.is_train else 'validation'))
+        if self.mode.is_train:
+            tracker.add('lr', learning_rate(self.optimizer))
         # Piped, each report is one line of the log ([console](console.html)).
         with console.report_line():
             tracker.save()
@@ -292,7 +306,10 @@ def save_checkpoint_once():
 
 @option(Configs.device, 'device_configs')
 def _device_configs() -> DeviceConfigs:
-    return DeviceConfigs()
+    conf = DeviceConfigs()
+    # Under torchrun, each process trains on the GPU of its local rank.
+    conf.cuda_device = distributed.world().local_rank
+    return conf
 
 
 @option(Configs.dtype, 'float32')
@@ -434,6 +451,20 @@ def _train_loader(c: Configs):
 @option(Configs.valid_loader, 'shuffled_windows')
 def _valid_loader(c: Configs):
     return _shuffled_windows(c, 'valid', seed=c.seed + 1)
+
+
+@option(Configs.validator, 'valid_batches')
+def _validator(c: Configs) -> Trainer:
+    """
+    labml_helpers' validator. With `valid_batches=N`, every validation is N batches drawn at
+    random from the split, instead of the stretch's share of it ([data](data.html)); `step`
+    hands it the whole split for the run's last validation.
+    """
+    random = c.valid_batches > 0
+    return Trainer(name='Valid', mode=c.mode,
+                   data_loader=data.RandomBatches(c.valid_loader, c.valid_batches) if random else c.valid_loader,
+                   inner_iterations=1 if random else c.inner_iterations,
+                   state_modules=c.state_modules, is_track_time=c.is_track_time, step=c.step)
 
 
 def _shuffled_windows(c: Configs, split: str, *, seed: int) -> data.ShuffledWindows:

@@ -13,6 +13,7 @@ operation. That is the sampling of labml_nn's `shuffled_train_loader`, without c
 samples one by one in Python.
 """
 
+import itertools
 import urllib.request
 from pathlib import Path
 from typing import Callable, Iterable, Optional
@@ -164,3 +165,20 @@ class ShuffledWindows:
                 windows = self.tokens[index]
             windows = windows.t().contiguous()
             yield windows[:-1], windows[1:]
+
+
+class RandomBatches:
+    """
+    `n` batches of `loader` drawn at random, afresh each time it is iterated: the first `n` of
+    a new epoch of its shuffled windows (nanoGPT's `eval_iters` for validation).
+    """
+
+    def __init__(self, loader: ShuffledWindows, n: int):
+        self.loader = loader
+        self.n = n
+
+    def __len__(self):
+        return min(self.n, len(self.loader))
+
+    def __iter__(self):
+        return itertools.islice(iter(self.loader), len(self))

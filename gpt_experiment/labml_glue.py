@@ -120,3 +120,22 @@ def logger_destinations() -> list:
     """
     from labml.internal.logger import logger_singleton
     return logger_singleton()._Logger__destinations
+
+
+# labml's tracker: the interface of its writers, and its text indicator
+from labml.internal.tracker.writers import Writer as TrackerWriter  # noqa: E402,F401 (re-exported)
+from labml.internal.tracker.indicators.artifacts import Text as TextIndicator  # noqa: E402,F401 (re-exported)
+
+
+def add_tracker_writer(writer: TrackerWriter):
+    """Send the current run's tracked values to one more writer (after `experiment.start`, which resets them)."""
+    from labml.internal.tracker import tracker_singleton
+    tracker_singleton().add_writer(writer)
+
+
+def run_configs() -> Dict[str, Dict[str, Any]]:
+    """
+    The current run's configs as labml writes them to `configs.yaml`: for each key its option
+    name (`value`) and what it computed to (`computed`).
+    """
+    return _experiment().configs_processor.to_json()

@@ -112,6 +112,8 @@ def main(overrides: Optional[Dict[str, Any]] = None, *, name: Optional[str] = No
         with labml_glue.start(daemon_sender=dashboard_api is not None):
             # in the dashboard's runs list while it trains
             dashboard.claim_soon(dashboard_api, run_uuid)
+            if 'tensorboard' in writers and world.is_main:
+                labml_glue.add_tracker_writer(writers_.TensorBoardExtras(run_path / 'tensorboard', labml_glue.run_configs()))
             conf.run()
     finally:
         seconds = time.time() - started

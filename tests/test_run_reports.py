@@ -64,6 +64,19 @@ def test_tensorboard_writer_writes_events_tensorboard_reads(project):
     got = [(e.step, e.value) for e in events.Scalars('loss/valid')]
     assert [s for s, _ in got] == [s for s, _ in valid]
     assert [v for _, v in got] == pytest.approx([v for _, v in valid], rel=1e-6)
+    # the numbers people watch, under exactly these names
+    assert {'lr', 'grad_norm', 'tokens_per_second'} <= set(events.Tags()['scalars'])
+    # the samples as text, the configs as hyperparameters
+    assert 'sampled/text_summary' in events.Tags()['tensors']
+    sample = events.Tensors('sampled/text_summary')[-1].tensor_proto.string_val[0].decode()
+    assert sample.startswith('It is ')
+    from tensorboard.plugins.hparams import plugin_data_pb2
+    hparams = events.PluginTagToContent('hparams')
+    session = plugin_data_pb2.HParamsPluginData.FromString(hparams['_hparams_/session_start_info'])
+    values = session.session_start_info.hparams
+    assert values['transformer.d_model'].number_value == TINY['transformer.d_model']
+    assert values['epochs'].number_value == SHORT['epochs']
+    assert values['text'].string_value == 'file' and values['text_file'].string_value == 'corpus.txt'
 
 
 def test_runs_listing_outside_a_project_is_one_line(tmp_path):
