@@ -2,7 +2,9 @@
 # The run store
 
 ```
-python -m gpt_experiment.runs [NAME]
+gpt-runs [NAME]                            (or python -m gpt_experiment.runs)
+gpt-runs plot RUN [RUN ...] [-o curves.png]
+gpt-runs compare RUN RUN [RUN ...]
 ```
 
 labml keeps each run in `logs/<name>/<uuid>/` (`<uuid>.<rank>/` for each process of a
@@ -340,6 +342,10 @@ def main(argv: Optional[List[str]] = None) -> int:
         print(__doc__.split('```')[1].strip())
         return 0
     try:
+        if argv and argv[0] in ('plot', 'compare'):
+            # `gpt-runs plot RUN ...`, `gpt-runs compare RUN RUN` ([compare](compare.html))
+            from . import compare
+            return compare.main(argv[0], argv[1:])
         if argv and not checkpoints.is_plain_name(argv[0]):
             raise UserError(f'not an experiment name: {argv[0]!r}')
         logs = logs_path()
