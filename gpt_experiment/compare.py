@@ -84,11 +84,8 @@ def differing_configs(run_dirs: List[Path]) -> Dict[str, List[Any]]:
 
 
 def _best_valid(run_dir: Path) -> str:
-    valid = runs.scalars(run_dir, 'loss.valid')
-    if not valid:
-        return '-'
-    step, loss = min(valid, key=lambda sv: sv[1])
-    return f'{loss:.4f} at step {step:,}'
+    best = runs.best_valid(run_dir)
+    return f'{best[1]:.4f} at step {best[0]:,}' if best else '-'
 
 
 def compare(run_dirs: List[Path]) -> str:

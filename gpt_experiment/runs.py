@@ -215,6 +215,12 @@ def scalars(run_dir: Path, indicator: str) -> List[Tuple[int, float]]:
     return _sqlite(run_dir, 'SELECT step, value FROM scalars WHERE indicator = ? ORDER BY step', indicator)
 
 
+def best_valid(run_dir: Path) -> Optional[Tuple[int, float]]:
+    """`(step, loss)` of the lowest validation loss the run recorded, or `None`."""
+    valid = scalars(run_dir, 'loss.valid')
+    return min(valid, key=lambda sv: sv[1]) if valid else None
+
+
 def last_step(run_dir: Path) -> Optional[int]:
     """The last global step with a tracked value."""
     rows = _sqlite(run_dir, 'SELECT MAX(step) FROM scalars')
@@ -295,14 +301,14 @@ def read_run(run_dir: Path) -> Run:
     """Everything the listing shows of a run; a damaged file is a `UserError` that names it."""
     info = run_info(run_dir)
     state = status(run_dir)
-    valid = scalars(run_dir, 'loss.valid')
+    best = best_valid(run_dir)
     last = last_step(run_dir)
     start = int(info.get('start_step') or 0)
     return Run(uuid=uuid_of(run_dir), name=run_dir.parent.name,
                start=f"{info.get('trial_date', '')} {info.get('trial_time', '')}".strip(),
                status=state, seconds=_duration(run_dir, state),
                parent=info.get('load_run') or None, tokens=None if last is None else last - start,
-               best_valid_loss=min(v for _, v in valid) if valid else None,
+               best_valid_loss=best[1] if best else None,
                checkpoints=checkpoint_steps(run_dir), path=run_dir)
 
 
