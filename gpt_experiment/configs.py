@@ -94,6 +94,10 @@ class Configs(NLPAutoRegressionConfigs):
     dtype: torch.dtype = 'float32'
     # Gradient scaler; it only scales with `float16`, whose gradients would underflow
     grad_scaler: torch.amp.GradScaler
+    # `RUN[:STEP]`: a new run that starts from the weights of that run's checkpoint (the newest
+    # complete one when no step is given), with its tokenizer and shape; everything else starts
+    # fresh ([finetune](finetune.html))
+    init_from: str = ''
     # Whether training steps run the model through `torch.compile`
     compile: bool = False
     # The model as training steps call it: `model` itself, or its compiled wrapper. Checkpoints
@@ -218,7 +222,7 @@ class Configs(NLPAutoRegressionConfigs):
         signum = self._stop.signum if self._stop is not None and self._stop.signum else 0
         due = self.is_save_models and 0 < self.checkpoint_minutes * 60 <= time.monotonic() - self._last_save
         if distributed.world().is_distributed:
-            signum, due = distributed.all_reduce_max(torch.tensor([signum, int(due)])).tolist()
+            signum, due = distributed.all_reduce_max(torch.tensor([signum, int(due)], device=self.device)).tolist()
         if not (signum or due):
             return
         # Report (and check) the steps since the last report, here, where labml still names
@@ -302,7 +306,10 @@ def save_checkpoint_once():
 
 @option(Configs.device, 'device_configs')
 def _device_configs() -> DeviceConfigs:
-    return DeviceConfigs()
+    conf = DeviceConfigs()
+    # Under torchrun, each process trains on the GPU of its local rank.
+    conf.cuda_device = distributed.world().local_rank
+    return conf
 
 
 @option(Configs.dtype, 'float32')

@@ -19,7 +19,7 @@ torchrun starts one process per rank and tells each its place in `RANK`, `WORLD_
   update is the one a single process would make on it.
 
 Only rank 0 prints, tracks, samples and writes checkpoints; the others are silent.
-Without torchrun (`WORLD_SIZE` unset) everything here is a no-op and there is one process.
+Without torchrun (`RANK` and `WORLD_SIZE` unset) everything here is a no-op and there is one process.
 """
 
 import os
@@ -36,10 +36,9 @@ class World(NamedTuple):
     rank: int = 0
     size: int = 1
     local_rank: int = 0
-
-    @property
-    def is_distributed(self) -> bool:
-        return self.size > 1
+    # Whether this process joined torchrun's process group: under torchrun, even alone (one
+    # process on one GPU still runs NCCL, DDP and the rank's run folder)
+    is_distributed: bool = False
 
     @property
     def is_main(self) -> bool:
@@ -57,16 +56,16 @@ def world() -> World:
 def setup() -> World:
     """Join torchrun's process group, once; silence stdout on the ranks other than 0."""
     global _world
-    size = int(os.environ.get('WORLD_SIZE', '1'))
-    if size <= 1 or dist.is_initialized():
+    if 'RANK' not in os.environ or 'WORLD_SIZE' not in os.environ or dist.is_initialized():
         return _world
-    rank, local_rank = int(os.environ['RANK']), int(os.environ.get('LOCAL_RANK', '0'))
+    rank, size = int(os.environ['RANK']), int(os.environ['WORLD_SIZE'])
+    local_rank = int(os.environ.get('LOCAL_RANK', '0'))
     if torch.cuda.is_available():
         torch.cuda.set_device(local_rank)
         dist.init_process_group('nccl')
     else:
         dist.init_process_group('gloo')
-    _world = World(rank, size, local_rank)
+    _world = World(rank, size, local_rank, is_distributed=True)
     if rank != 0:
         sys.stdout = open(os.devnull, 'w')
     return _world

@@ -16,7 +16,7 @@ from typing import Any, Dict, Iterable, Optional, Union
 
 from labml import experiment, tracker
 
-from . import checkpoints, cli, console, dashboard, distributed, labml_glue, runs, summary, writers as writers_
+from . import checkpoints, cli, console, dashboard, distributed, finetune, labml_glue, runs, summary, writers as writers_
 from . import resume as resume_state
 from .checks import check_configs
 from .configs import Configs
@@ -61,16 +61,28 @@ def main(overrides: Optional[Dict[str, Any]] = None, *, name: Optional[str] = No
                  distributed_world_size=world.size if world.is_distributed else 0,
                  writers=writers if world.is_main else set())
     experiment.create(name=name or 'gpt', comment=comment, python_file=project_path(), **ranks)
-    parent, step, run_tokenizer = None, None, None
+    source, parent, step, run_tokenizer = None, None, None, None
+    if overrides.get('init_from'):
+        # A new run from another run's weights, with its tokenizer and shape ([finetune](finetune.html)).
+        if resume is not None:
+            raise UserError('init_from starts a new run from a run\'s weights and --resume continues a run; give one')
+        source = finetune.find_source(overrides['init_from'])
+        overrides = finetune.with_source_shape(source, overrides)
+        run_tokenizer = runs.load_tokenizer(source.run)
     if resume is not None:
         parent = runs.find_run(resume)
         step = int(runs.find_checkpoint(parent, checkpoint).name)
+        if world.is_main and runs.status(parent) != 'running':
+            # what a killed writer of the parent left half written
+            checkpoints.remove_partial_checkpoints(parent)
         # The run's tokenizer, as it saved it: the corpus is encoded with it, never rebuilt.
         run_tokenizer = runs.load_tokenizer(parent)
+        given = cli.check_overrides(Configs, runs.given_configs(parent))
+        defaults = cli.config_keys(Configs)
         for key in TOKENIZER_KEYS:
-            if key in overrides and str(overrides[key]) != str(runs.config_value(parent, key)):
+            if key in overrides and overrides[key] != given.get(key, defaults[key].default):
                 raise UserError(f'{key} cannot change when resuming: run {parent.name} keeps its tokenizer.json')
-        overrides = {**cli.check_overrides(Configs, runs.given_configs(parent)), **overrides}
+        overrides = {**given, **overrides}
         if name is None and parent.parent.name != 'gpt':
             # the continuation goes beside its parent
             experiment.create(name=parent.parent.name, comment=comment, python_file=project_path(), **ranks)
@@ -81,6 +93,8 @@ def main(overrides: Optional[Dict[str, Any]] = None, *, name: Optional[str] = No
     experiment.configs(conf, overrides)
     # Everything that can fail on bad input is computed before the run's folder is written.
     check_configs(conf)
+    if source is not None:
+        finetune.load_weights(conf.model, source)
     distributed.check_batch(conf.batch_size)
     checkpoints.install({
         'model': checkpoints.model_saver('model', conf.model),
