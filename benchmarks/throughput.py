@@ -21,7 +21,11 @@ python benchmarks/throughput.py --shape small                    # 4 layers, 128
 python benchmarks/throughput.py --shape default --batch 16       # 6 layers, 512 wide, context 128
 python benchmarks/throughput.py --shape default --batch 16 --dtype bfloat16
 python benchmarks/throughput.py --shape small --end-to-end       # the trainer against the pure step rate
+python benchmarks/throughput.py --shape gpt1 --device cuda --dtype bfloat16 --profile   # and where the time goes
 ```
+
+`--profile` ends with `torch.profiler`'s table of the fast step's operations, by device time
+(by CPU time on the CPU). `--stock-dtype` runs the stock recipe under autocast too.
 
 `--end-to-end` runs the real trainer (`Configs.run()` with labml tracking on, sqlite writer)
 for one epoch of a slice of Tiny Shakespeare, in ten training stretches. After each stretch it
@@ -126,7 +130,7 @@ def compare(args, overrides: dict):
     device = fast.device
     models = {'stock': stock_model.to(device), 'fast': fast.train_model}
     optimizers = {'stock': stock_optimizer, 'fast': fast.optimizer}
-    dtypes = {'stock': torch.float32, 'fast': fast.dtype}
+    dtypes = {'stock': getattr(torch, args.stock_dtype), 'fast': fast.dtype}
     times = {'stock': [], 'fast': []}
     batches = iter(fast.train_loader)
     for i in range(args.warmup + args.steps):
@@ -151,6 +155,21 @@ def compare(args, overrides: dict):
         print(f'{name:>5} ({str(dtypes[name]).replace("torch.", "")}): {seconds * 1000:9.1f} ms/step '
               f'{tokens / seconds:12,.0f} tokens/s   MFU {mfu:6.1%} of {peak / 1e9:,.0f} GFLOP/s')
     print(f'speedup: {statistics.median(times["stock"]) / statistics.median(times["fast"]):.2f}')
+    if args.profile:
+        profile(lambda: train_step(models['fast'], optimizers['fast'], fast.loss_func, x, y, dtypes['fast'],
+                                   fast.grad_norm_clip), device)
+
+
+def profile(step, device: torch.device, steps: int = 5):
+    """`torch.profiler`'s table of `steps` steps, operations by their total device (or CPU) time."""
+    from torch.profiler import ProfilerActivity, profile as profiler
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == 'cuda' else [])
+    with profiler(activities=activities) as prof:
+        for _ in range(steps):
+            step()
+        _sync(device)
+    sort_by = 'self_cuda_time_total' if device.type == 'cuda' else 'self_cpu_time_total'
+    print(prof.key_averages().table(sort_by=sort_by, row_limit=30, max_name_column_width=60))
 
 
 class TimedConfigs(Configs):
@@ -229,6 +248,9 @@ def main():
     parser.add_argument('--dtype', choices=['float32', 'bfloat16', 'float16'], default='float32')
     parser.add_argument('--device', choices=['cpu', 'cuda'], default='cpu')
     parser.add_argument('--compile', action='store_true', help='torch.compile the fast model')
+    parser.add_argument('--stock-dtype', choices=['float32', 'bfloat16', 'float16'], default='float32',
+                        help='autocast dtype of the stock recipe (labml_nn trains in float32)')
+    parser.add_argument('--profile', action='store_true', help='then profile the fast step')
     parser.add_argument('--steps', type=int, default=20)
     parser.add_argument('--warmup', type=int, default=3)
     parser.add_argument('--end-to-end', action='store_true')
@@ -237,8 +259,11 @@ def main():
     shape = dict(SHAPES[args.shape])
     if args.batch:
         shape['batch'] = args.batch
+    # Parsed to their types here, since the stock configs get them too, against labml_nn's
+    # configs (our `Configs` must not exist before the stock ones are computed; see `compare`).
+    import labml_nn.transformers.gpt as stock_gpt
     overrides = {**shape_overrides(shape), 'device.use_cuda': args.device == 'cuda',
-                 **overrides_from_args(args.overrides)}
+                 **check_overrides(stock_gpt.Configs, overrides_from_args(args.overrides))}
     (end_to_end if args.end_to_end else compare)(args, overrides)
 
 

@@ -7,6 +7,7 @@ operation. That is the sampling of labml_nn's `shuffled_train_loader`, without c
 samples one by one in Python.
 """
 
+import itertools
 from typing import Optional
 
 import numpy as np
@@ -83,3 +84,18 @@ def shuffled_windows(tokens, *, batch_size: int, seq_len: int, device: torch.dev
     w = distributed.world()
     return ShuffledWindows(tokens, batch_size=batch_size, seq_len=seq_len, device=device,
                            generator=torch.Generator().manual_seed(seed), rank=w.rank, world_size=w.size)
+class RandomBatches:
+    """
+    `n` batches of `loader` drawn at random, afresh each time it is iterated: the first `n` of
+    a new epoch of its shuffled windows (nanoGPT's `eval_iters` for validation).
+    """
+
+    def __init__(self, loader: ShuffledWindows, n: int):
+        self.loader = loader
+        self.n = n
+
+    def __len__(self):
+        return min(self.n, len(self.loader))
+
+    def __iter__(self):
+        return itertools.islice(iter(self.loader), len(self))

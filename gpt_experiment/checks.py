@@ -26,6 +26,8 @@ AT_LEAST = {
     'bpe_train_bytes': 1, 'save_models_interval': 1, 'log_new_line_interval': 1, 'log_write_interval': 1,
     'optimizer.total_steps': 1, 'optimizer.warmup': 0,
     'sample_tokens': 0, 'warmup_steps': 0, 'seed': 0, 'device.cuda_device': 0,
+    # 0: the whole validation split
+    'valid_batches': 0,
     # the 256 bytes of a byte-level BPE, and one merge
     'bpe_vocab_size': 257,
 }

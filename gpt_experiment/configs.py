@@ -20,7 +20,7 @@ Every value can be overridden with labml's `experiment.configs(conf, overrides)`
 defaults are the labml GPT recipe on Tiny Shakespeare.
 """
 
-import signal
+import time
 import warnings
 
 import torch
@@ -29,14 +29,14 @@ from labml import experiment, logger, monit, tracker
 from labml.configs import option
 from labml.logger import Text
 from labml_helpers.device import DeviceConfigs
-from labml_helpers.train_valid import BatchIndex, hook_model_outputs
+from labml_helpers.train_valid import BatchIndex, Trainer, hook_model_outputs
 from labml_nn.experiments.nlp_autoregression import NLPAutoRegressionConfigs
 from labml_nn.optimizers.configs import OptimizerConfigs
 from labml_nn.transformers import TransformerConfigs
 
-from . import attention, batches, corpus, distributed, gpt1, labml_glue, sampling, tokenizers  # noqa: F401 (attention and gpt1 register options)
+from . import attention, batches, console, corpus, distributed, gpt1, labml_glue, sampling, stops, tokenizers  # noqa: F401 (attention and gpt1 register options)
 from .errors import UserError
-from .metrics import StepMetrics
+from .metrics import StepMetrics, learning_rate
 from .model import GPT, crop_positions, init_weights
 from .optimizer import (DecayRule, clip_grad_norm_, decay_groups, gpt_optimizer_configs, linear_weights,
                         matrix_weights)
@@ -47,7 +47,11 @@ warnings.filterwarnings('ignore', message='Overriding option for text: tiny_shak
 
 
 class TrainingInterrupted(Exception):
-    """Raised after the step in progress when the user pressed Ctrl-C."""
+    """Raised after the step in progress when a stop was requested (Ctrl-C, SIGTERM); carries the signal."""
+
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum
 
 
 class Configs(NLPAutoRegressionConfigs):
@@ -92,6 +96,10 @@ class Configs(NLPAutoRegressionConfigs):
     dtype: torch.dtype = 'float32'
     # Gradient scaler; it only scales with `float16`, whose gradients would underflow
     grad_scaler: torch.amp.GradScaler
+    # `RUN[:STEP]`: a new run that starts from the weights of that run's checkpoint (the newest
+    # complete one when no step is given), with its tokenizer and shape; everything else starts
+    # fresh ([finetune](finetune.html))
+    init_from: str = ''
     # Whether training steps run the model through `torch.compile`
     compile: bool = False
     # The model as training steps call it: `model` itself, or its compiled wrapper. Checkpoints
@@ -118,19 +126,32 @@ class Configs(NLPAutoRegressionConfigs):
     train_loader = 'shuffled_windows'
     valid_loader = 'shuffled_windows'
 
+    # Wall-clock minutes after which a checkpoint is added at the next step, besides the ones
+    # at the end of each epoch (0: only those)
+    checkpoint_minutes: float = 10.0
+
     # Training steps between two reports of loss and accuracy to labml's tracker. Metrics are
     # summed on the device in between, so that no step waits for the device to report.
     log_interval: int = 10
+    # Batches drawn at random from the validation split for each validation (nanoGPT's
+    # `eval_iters`), so that validation can run often; the run's last validation is over the
+    # whole split. 0: each validation is its stretch's share of the split (labml's way).
+    valid_batches: int = 0
+    validator = 'valid_batches'
 
     # Epochs to run: `epochs`, less those a resumed checkpoint has done
     loop_count = 'remaining_epochs'
 
-    # Set by the Ctrl-C handler while training
-    _interrupted = False
+    # Stop requests (Ctrl-C, SIGTERM) while training ([stops](stops.html))
+    _stop = None
+    # When the last checkpoint was saved (`time.monotonic()`)
+    _last_save = 0.0
     # Loss and accuracy since the last report, on the device ([metrics](metrics.html))
     _metrics = None
     # Whole epochs trained (saved in checkpoints, for resume)
     _epochs_done = 0
+    # The tokenizer of the run being resumed, which the corpus is encoded with (never rebuilt)
+    _run_tokenizer = None
 
     def __init__(self, **kwargs):
         super().__init__(**kwargs)
@@ -150,6 +171,9 @@ class Configs(NLPAutoRegressionConfigs):
         """
         tracker.set_scalar('accuracy.*', True)
         tracker.set_scalar('loss.*', True)
+        # the numbers people watch ([metrics](metrics.html)), printed in every report
+        for name in ('lr', 'grad_norm', 'tokens_per_second'):
+            tracker.set_scalar(name, True)
         tracker.set_text('sampled', False)
         if self.is_log_model_activations:
             hook_model_outputs(self.mode, self.model, 'model')
@@ -162,6 +186,8 @@ class Configs(NLPAutoRegressionConfigs):
         accuracy stay on the device until a report is due, and the model's gradients are
         released (`set_to_none`) rather than zero-filled.
         """
+        if self._metrics is None:
+            self._metrics = StepMetrics()
         self.model.train(self.mode.is_train)
         data, target = batch[0].to(self.device), batch[1].to(self.device)
         if self.mode.is_train:
@@ -174,34 +200,61 @@ class Configs(NLPAutoRegressionConfigs):
             # (without gradients) for a small share of the time.
             output, *_ = (self.train_model if self.mode.is_train else self.model)(data)
             loss = self.loss_func(output, target)
-        if self._metrics is None:
-            self._metrics = StepMetrics()
         self._metrics.add(tracker.get_global_step(), loss, output, target)
 
         if self.mode.is_train:
             self.grad_scaler.scale(loss).backward()
             # Clip the true gradients, not the scaled ones.
             self.grad_scaler.unscale_(self.optimizer)
-            clip_grad_norm_(self.optimizer, self.model.parameters(), max_norm=self.grad_norm_clip)
+            grad_norm = clip_grad_norm_(self.optimizer, self.model.parameters(), max_norm=self.grad_norm_clip)
+            self._metrics.add_grad_norm(grad_norm)
             self.grad_scaler.step(self.optimizer)
             self.grad_scaler.update()
             if batch_idx.is_last and self.is_log_model_params_grads:
                 tracker.add('model', self.model)
             self.optimizer.zero_grad(set_to_none=True)
+            if batch_idx.is_last and self.valid_batches > 0 and self._epochs_done + 1 >= self.epochs:
+                # The run's last validation, right after this epoch, is over the whole split.
+                self.validator.set_data_loader(self.valid_loader)
 
         # Report every `log_interval` steps and at the end of each train or valid stretch.
         ends_stretch = batch_idx.idx + 1 >= (batch_idx.iteration + 1) * batch_idx.total // batch_idx.total_iterations
         if ends_stretch or (self.mode.is_train and self._metrics.steps >= self.log_interval):
             self._report()
-        # Ctrl-C stops training here, between two whole optimizer steps.
-        if self.mode.is_train and self._interrupted:
-            raise TrainingInterrupted()
+        if self.mode.is_train:
+            self._stop_or_save()
+
+    def _stop_or_save(self):
+        """
+        Between two whole optimizer steps: stop when asked (Ctrl-C, SIGTERM), or add a checkpoint
+        when `checkpoint_minutes` have passed since the last one. With several processes the
+        ranks agree first (one tiny all-reduce), whichever of them got the signal or reads the
+        clock, so that they all stop, or save, at the same step.
+        """
+        signum = self._stop.signum if self._stop is not None and self._stop.signum else 0
+        due = self.is_save_models and 0 < self.checkpoint_minutes * 60 <= time.monotonic() - self._last_save
+        if distributed.world().is_distributed:
+            signum, due = distributed.agree_max([signum, int(due)])
+        if not (signum or due):
+            return
+        # Report (and check) the steps since the last report, here, where labml still names
+        # them `loss.train` and `accuracy.train`.
+        if self._metrics is not None:
+            self._report()
+        if signum:
+            raise TrainingInterrupted(signum)
+        experiment.save_checkpoint()
+        self._last_save = time.monotonic()
 
     def _report(self):
         """Hand the metrics since the last report to labml's tracker (one device sync)."""
         metrics, self._metrics = self._metrics, None
         tracker.add(metrics.report(self.device, 'training' if self.mode.is_train else 'validation'))
-        tracker.save()
+        if self.mode.is_train:
+            tracker.add('lr', learning_rate(self.optimizer))
+        # Piped, each report is one line of the log ([console](console.html)).
+        with console.report_line():
+            tracker.save()
 
     def sample(self):
         """Greedy continuation of the prompt, printed and tracked as `sampled` (by rank 0)."""
@@ -211,12 +264,12 @@ class Configs(NLPAutoRegressionConfigs):
                                            seq_len=self.seq_len, separator=self.prompt_separator,
                                            device=self.device)
         tracker.add({'sampled': self.prompt + ''.join(out)})
-        logger.log([(self.prompt, Text.subtle)] + [(t, Text.value) for t in out])
+        logger.log([(self.prompt, Text.subtle), (''.join(out), Text.value)])
 
     def run(self):
         """
-        labml's training loop, with Ctrl-C taken at step granularity: the first press finishes
-        the step in progress, saves a checkpoint and stops; a second press stops at once.
+        labml's training loop, stopped at step granularity by Ctrl-C or SIGTERM: the step in
+        progress finishes, a checkpoint is saved and the run ends ([stops](stops.html)).
         """
         n_params = sum(p.numel() for p in self.model.parameters())
         logger.log([('Model parameters: ', Text.key), (f'{n_params:,}', Text.value)])
@@ -226,29 +279,26 @@ class Configs(NLPAutoRegressionConfigs):
             self.init()
         _ = self.validator
         _ = self.trainer
-        # `iter` installs labml's own SIGINT handler; ours replaces it for the loop.
-        loop = iter(self.training_loop)
-        default_handler = signal.signal(signal.SIGINT, self._on_sigint)
-        try:
-            for _ in _epochs(loop):
-                self.run_step()
-                self._epochs_done += 1
-        except TrainingInterrupted:
-            # Check the steps since the last report before saving them.
-            if self._metrics is not None:
-                self._report()
-            labml_glue.close_training_loop()
-            save_checkpoint_once()
-            logger.log(f'Interrupted at step {tracker.get_global_step():,}; checkpoint saved.', Text.danger)
-            raise KeyboardInterrupt() from None
-        finally:
-            signal.signal(signal.SIGINT, default_handler)
-
-    def _on_sigint(self, sig, frame):
-        if self._interrupted:
-            raise KeyboardInterrupt()
-        self._interrupted = True
-        logger.log('\nCtrl-C: stopping after this step (press again to stop now).', Text.danger)
+        with stops.StopRequests() as self._stop:
+            # `iter` installs labml's own SIGINT handler; ours goes back on top for the loop,
+            # and leaving the `with` restores what was there before either.
+            loop = iter(self.training_loop)
+            self._stop.install()
+            try:
+                for _ in _epochs(loop):
+                    # labml's loop has just saved the end of the last epoch
+                    self._last_save = time.monotonic()
+                    self.run_step()
+                    self._epochs_done += 1
+            except TrainingInterrupted as e:
+                labml_glue.close_training_loop()
+                if self.is_save_models:
+                    save_checkpoint_once()
+                saved = 'checkpoint saved' if self.is_save_models else 'no checkpoint (is_save_models=false)'
+                logger.log(f'Stopped at step {tracker.get_global_step():,}; {saved}.', Text.danger)
+                raise stops.interrupted(e.signum) from None
+            finally:
+                self._stop = None
 
 
 def _epochs(loop):
@@ -268,7 +318,10 @@ def save_checkpoint_once():
 
 @option(Configs.device, 'device_configs')
 def _device_configs() -> DeviceConfigs:
-    return DeviceConfigs()
+    conf = DeviceConfigs()
+    # Under torchrun, each process trains on the GPU of its local rank.
+    conf.cuda_device = distributed.world().local_rank
+    return conf
 
 
 @option(Configs.dtype, 'float32')
@@ -388,7 +441,7 @@ def tiny_shakespeare(c: Configs) -> corpus.Corpus:
 
     The copy that ships with the package ([corpus](corpus.html)): no download, no `data/`.
     """
-    return corpus.load(corpus.tiny_shakespeare(), c.tokenizer, seq_len=c.seq_len)
+    return corpus.load(corpus.tiny_shakespeare(), c.tokenizer, seq_len=c.seq_len, vocabulary=c._run_tokenizer)
 
 
 @option(Configs.text, 'file')
@@ -401,7 +454,8 @@ def text_file(c: Configs) -> corpus.Corpus:
     if not c.text_file:
         raise UserError('text=file needs a path: text=<file or folder>')
     valid = corpus.source(c.valid_text_file) if c.valid_text_file else None
-    return corpus.load(corpus.source(c.text_file), c.tokenizer, seq_len=c.seq_len, valid_src=valid)
+    return corpus.load(corpus.source(c.text_file), c.tokenizer, seq_len=c.seq_len, valid_src=valid,
+                       vocabulary=c._run_tokenizer)
 
 
 @option(Configs.train_loader, 'shuffled_windows')
@@ -415,3 +469,17 @@ def _valid_loader(c: Configs):
     # Its own generator, so that validation does not move the training order
     return batches.shuffled_windows(c.text.valid, batch_size=c.batch_size, seq_len=c.seq_len,
                                     device=c.device, seed=c.seed + 1)
+
+
+@option(Configs.validator, 'valid_batches')
+def _validator(c: Configs) -> Trainer:
+    """
+    labml_helpers' validator. With `valid_batches=N`, every validation is N batches drawn at
+    random from the split, instead of the stretch's share of it ([batches](batches.html)); `step`
+    hands it the whole split for the run's last validation.
+    """
+    random = c.valid_batches > 0
+    return Trainer(name='Valid', mode=c.mode,
+                   data_loader=batches.RandomBatches(c.valid_loader, c.valid_batches) if random else c.valid_loader,
+                   inner_iterations=1 if random else c.inner_iterations,
+                   state_modules=c.state_modules, is_track_time=c.is_track_time, step=c.step)

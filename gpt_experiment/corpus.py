@@ -12,7 +12,9 @@ arrays by [batches](batches.html).
   validation text instead. The rule does not depend on the size. (For ASCII text such as Tiny
   Shakespeare bytes are characters, so this is labml's 90/10 split by characters.)
 * **The vocabulary.** Characters: the sorted characters of both splits, as labml builds it.
-  BPE: trained on the first `bpe_train_bytes` of the training split.
+  BPE: trained on the first `bpe_train_bytes` of the training split. A run that continues
+  another (resumed, or `init_from`) keeps that run's tokenizer as it is, and a character the
+  tokenizer lacks is a `UserError`.
 * **Small and large.** Up to `IN_MEMORY_BYTES`, a corpus is tokenised in memory at every run
   (milliseconds for characters, seconds for BPE) and nothing is written. A larger one is
   tokenised once, in chunks with a progress bar, into a cache, and memory-mapped: only the
@@ -23,7 +25,9 @@ arrays by [batches](batches.html).
   holds the tokenizer (`tokenizer-<key>.json`), the token ids (`<split>-<key>.u16`, or `.u32`
   past 65,536 tokens) and a record of their lengths (`tokens-<key>.json`), written last. On
   load the cache is checked against its record (lengths, and every id below the vocabulary
-  size); a cache that fails is said so in one line and built again.
+  size); a cache that fails is said so in one line and built again. Files are written under a
+  temporary name that names the writer and renamed when complete; what a killed writer left is
+  removed the next time a run uses the folder.
 * **Checks.** A path that is missing or not a regular file (a FIFO, `/dev/zero`), a folder
   without `.txt` files, an empty corpus, bytes that are not UTF-8 (the file and offset named),
   and a split shorter than `seq_len + 1` tokens are each a `UserError`.
@@ -48,7 +52,7 @@ import torch
 from labml import lab, logger, monit
 from labml.logger import Text
 
-from . import tokenizers
+from . import checkpoints, tokenizers
 from .errors import UserError
 
 # Corpora up to this size are tokenised in memory; larger ones are cached and memory-mapped.
@@ -274,17 +278,20 @@ def cache_dir(src: Source) -> Path:
     try:
         folder.mkdir(exist_ok=True)
         if os.access(folder, os.W_OK):
+            checkpoints.remove_leftovers(folder)
             return folder
     except OSError:
         pass
     folder = Path(lab.get_data_path()) / 'cache' / hashlib.sha1(str(path).encode()).hexdigest()[:16]
     folder.mkdir(parents=True, exist_ok=True)
+    # What killed writers left here goes before anything new is written.
+    checkpoints.remove_leftovers(folder)
     return folder
 
 
 def _tmp(path: Path) -> Path:
     # Written under a temporary name and renamed when complete: never a half-written cache file.
-    return path.with_name(f'{path.name}.{os.getpid()}.tmp')
+    return checkpoints.temporary(path)
 
 
 def _read_cache(folder: Path, key: str, tokenizer, splits) -> Optional[dict]:
@@ -313,14 +320,16 @@ def _read_cache(folder: Path, key: str, tokenizer, splits) -> Optional[dict]:
     return arrays
 
 
-def _cached_tokens(src: Source, valid_src: Optional[Source], spec, spans) -> tuple:
+def _cached_tokens(src: Source, valid_src: Optional[Source], spec, spans, vocabulary) -> tuple:
     """The tokenizer and the memory-mapped token ids of each split, from the cache or made into it."""
     folder = cache_dir(src)
     with monit.section('Hash corpus'):
         corpus_key = content_hash(src, *([valid_src] if valid_src else [])) + f'-{spans["training"].end}'
     spec_name = f'bpe{spec.vocab_size}-{spec.train_bytes}' if isinstance(spec, BPE) else 'character'
     tokenizer_file = folder / f'tokenizer-{_key(corpus_key, spec_name)}.json'
-    if tokenizer_file.exists():
+    if vocabulary is not None:
+        tokenizer = vocabulary
+    elif tokenizer_file.exists():
         tokenizer = tokenizers.from_json(tokenizer_file.read_text(encoding='utf-8'))
     else:
         tokenizer = _build_tokenizer(spec, spans['training'], spans['validation'])
@@ -349,10 +358,21 @@ def _key(*parts) -> str:
 
 # ## The one loader
 
-def load(src: Source, tokenizer_spec, *, seq_len: int, valid_src: Optional[Source] = None) -> Corpus:
+def check_vocabulary(vocabulary, name: str, texts: Iterator[str]):
+    """Refuse a corpus with characters that a run's fixed vocabulary lacks (they would be dropped)."""
+    missing = sorted({c for text in texts for c in vocabulary.unknown(text)})
+    if missing:
+        shown = ' '.join(map(repr, missing[:10])) + (f' and {len(missing) - 10} more' if len(missing) > 10 else '')
+        raise UserError(f'{name} has characters that are not in the vocabulary of the run it continues from: {shown}; '
+                        f'a run keeps its tokenizer')
+
+
+def load(src: Source, tokenizer_spec, *, seq_len: int, valid_src: Optional[Source] = None,
+         vocabulary=None) -> Corpus:
     """
     Read, check, split and tokenise a corpus. `tokenizer_spec` is a `BPE`, or anything else
-    for characters (labml_nn's `character` option).
+    for characters (labml_nn's `character` option); `vocabulary`, the tokenizer of a run this
+    one continues, is used as it is, never rebuilt.
     """
     if src.size == 0:
         raise UserError(f'corpus is empty: {src.name}')
@@ -365,16 +385,19 @@ def load(src: Source, tokenizer_spec, *, seq_len: int, valid_src: Optional[Sourc
             raise UserError(f'corpus is empty: {valid_src.name}')
         spans = {'training': Span(src, 0, src.size), 'validation': Span(valid_src, 0, valid_src.size)}
 
+    if isinstance(vocabulary, tokenizers.CharacterTokenizer):
+        check_vocabulary(vocabulary, src.name, (chunk for span in spans.values() for chunk in stream_text(span)))
+
     if src.size + (valid_src.size if valid_src else 0) <= IN_MEMORY_BYTES:
         # Small: tokenised in memory, nothing written
-        tokenizer = _build_tokenizer(tokenizer_spec, spans['training'], spans['validation'])
+        tokenizer = vocabulary or _build_tokenizer(tokenizer_spec, spans['training'], spans['validation'])
         arrays = {}
         for name, span in spans.items():
             out = io.BytesIO()
             tokenise(span, tokenizer, out, name)
             arrays[name] = np.frombuffer(out.getvalue(), dtype=token_dtype(tokenizer))
     else:
-        tokenizer, arrays = _cached_tokens(src, valid_src, tokenizer_spec, spans)
+        tokenizer, arrays = _cached_tokens(src, valid_src, tokenizer_spec, spans, vocabulary)
 
     for name, tokens in arrays.items():
         if len(tokens) < seq_len + 1:

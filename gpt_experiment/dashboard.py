@@ -17,11 +17,12 @@ web_api_open_browser: false
 
 or with labml's environment variable `labml_server=http://127.0.0.1:5005/api/v1`.
 
-The app keeps what it is sent under `~/.labml/app/data/` (labml's configuration folder). Its
-run page says "This run will be deleted in 12 hours. Click Claim": only the app's clean-up
-script (`labml_app/scripts/clean_ups.py`, never started by the server) deletes runs, those not
-claimed and idle for 24 hours. We claim every run at the end of training anyway, as the Claim
-button does, so it moves to the local user's runs list; and the run itself is always in `logs/`.
+The app keeps what it is sent, and its own log `labml_app.log`, under `~/.labml/app/data/`
+(labml's configuration folder). Its run page says "This run will be deleted in 12 hours. Click
+Claim" on runs nobody claimed: only the app's clean-up script (`labml_app/scripts/clean_ups.py`,
+never started by the server) deletes runs, those not claimed and idle for 24 hours. We claim
+every run as soon as the dashboard knows it, as the Claim button does, so it is in the local
+user's runs list while it trains; and the run itself is always in `logs/`.
 
 The other half of this module keeps training independent of the dashboard. labml 0.4 sends to
 the dashboard from a thread that retries forever and that the interpreter waits for, so with
@@ -38,6 +39,8 @@ import importlib.util
 import json
 import os
 import sys
+import threading
+import time
 import urllib.error
 import urllib.request
 from typing import Optional, Set
@@ -107,7 +110,7 @@ def connect(writers: Set[str]) -> Optional[str]:
 def finish(url: Optional[str], run_uuid: str) -> Optional[str]:
     """
     After training: let labml's sender deliver the last updates while the dashboard answers,
-    then claim the run. Returns the run's page, or `None` (with one line) when not reached.
+    then claim the run (again, in case the claim at the start did not get through). Returns the run's page, or `None` (with one line) when not reached.
     """
     if url is None:
         return None
@@ -119,6 +122,23 @@ def finish(url: Optional[str], run_uuid: str) -> Optional[str]:
         return None
     claim(url, run_uuid)
     return f'{app_url(url)}/run/{run_uuid}'
+
+
+def claim_soon(url: Optional[str], run_uuid: str):
+    """
+    At the start of training: claim the run as soon as the dashboard knows it (labml's sender
+    creates it there with its first update, from its own thread), retrying from a daemon thread
+    so that training never waits for it.
+    """
+    if url is None:
+        return
+
+    def keep_trying():
+        deadline = time.time() + FLUSH_SECONDS
+        while not claim(url, run_uuid) and time.time() < deadline:
+            time.sleep(0.5)
+
+    threading.Thread(target=keep_trying, name='claim run', daemon=True).start()
 
 
 def claim(url: str, run_uuid: str) -> bool:
@@ -139,16 +159,20 @@ def main(argv=None) -> int:
     parser.add_argument('--port', type=int, default=DEFAULT_PORT, help='port (default: 5005)')
     args = parser.parse_args(argv)
     if importlib.util.find_spec('labml_app') is None:
-        print('error: labml-app is not installed; pip install -r requirements.txt', file=sys.stderr)
+        print('error: labml-app is not installed; pip install "gpt-experiment[dashboard]"', file=sys.stderr)
         return 2
     print(f'labml dashboard: http://{args.host}:{args.port}/', flush=True)
     print(f'runs point at it with labml_server={api_url(args.host, args.port)} '
           f'(or web_api: {api_url(args.host, args.port)}/track? in .labml.yaml)', flush=True)
-    print(f'dashboard data: {data_folder()}', flush=True)
+    data = data_folder()
+    data.mkdir(parents=True, exist_ok=True)
+    print(f'dashboard data: {data}', flush=True)
     # What `labml app-server` runs (`labml_app.start_server`): gunicorn with one uvicorn worker,
     # here in place of this process, so that Ctrl-C and signals reach it directly.
     env = dict(os.environ, LABML_APP_SERVER_IP=args.host, LABML_APP_SERVER_PORT=str(args.port))
+    # The app writes `labml_app.log` into its current directory: `--chdir` makes that its data folder.
     os.execve(sys.executable, [sys.executable, '-m', 'gunicorn', '--bind', f'{args.host}:{args.port}', '-w', '1',
+                               '--chdir', str(data),
                                '-k', 'uvicorn.workers.UvicornWorker', 'labml_app.flask_app:app'], env)
 
 

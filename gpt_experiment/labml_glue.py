@@ -132,3 +132,36 @@ def chosen_value(configs: BaseConfigs, key: str) -> Any:
     if key in defaults:
         return defaults[key]
     return next(iter(options.get(key, {})), None)
+
+
+# labml's console output: the interface of a logger destination, and its terminal one
+from labml.internal.logger.destinations import Destination  # noqa: E402,F401 (re-exported)
+from labml.internal.logger.destinations.console import ConsoleDestination  # noqa: E402,F401 (re-exported)
+
+
+def logger_destinations() -> list:
+    """
+    The destinations labml's logger writes every line to (a list, kept in a name-mangled field
+    of its logger singleton), so that [console](console.html) can replace the terminal one.
+    """
+    from labml.internal.logger import logger_singleton
+    return logger_singleton()._Logger__destinations
+
+
+# labml's tracker: the interface of its writers, and its text indicator
+from labml.internal.tracker.writers import Writer as TrackerWriter  # noqa: E402,F401 (re-exported)
+from labml.internal.tracker.indicators.artifacts import Text as TextIndicator  # noqa: E402,F401 (re-exported)
+
+
+def add_tracker_writer(writer: TrackerWriter):
+    """Send the current run's tracked values to one more writer (after `experiment.start`, which resets them)."""
+    from labml.internal.tracker import tracker_singleton
+    tracker_singleton().add_writer(writer)
+
+
+def run_configs() -> Dict[str, Dict[str, Any]]:
+    """
+    The current run's configs as labml writes them to `configs.yaml`: for each key its option
+    name (`value`) and what it computed to (`computed`).
+    """
+    return _experiment().configs_processor.to_json()

@@ -9,15 +9,16 @@ torchrun --nproc_per_node=N -m gpt_experiment.main [...]
 
 Presets under `configs/` and `key=value` arguments become one dictionary of overrides for
 [`train.main`](train.html), later ones winning. `--help` lists every config key.
-Bad input is one line on stderr and exit status 2; a loss that is not finite stops the run
-with exit status 3; Ctrl-C saves a checkpoint and exits 130.
+Bad input, a damaged run or a file that cannot be written is one line on stderr and exit
+status 2; a loss that is not finite stops the run with exit status 3; Ctrl-C or SIGTERM
+finishes the step, saves a checkpoint and exits 130 or 143 ([stops](stops.html)).
 """
 
 import argparse
 import sys
-from typing import List
+from typing import List, Optional
 
-from . import cli, distributed, writers
+from . import cli, distributed, stops, writers
 from .configs import Configs
 from .metrics import LossNotFinite
 from .errors import UserError
@@ -29,7 +30,7 @@ class _Parser(argparse.ArgumentParser):
         raise UserError(message)
 
 
-def parse_args(argv: List[str]) -> argparse.Namespace:
+def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     parser = _Parser(prog='python -m gpt_experiment.main', add_help=False,
                      description='Train a GPT as a labml experiment.')
     parser.add_argument('items', nargs='*', metavar='PRESET.yaml | key=value',
@@ -41,6 +42,7 @@ def parse_args(argv: List[str]) -> argparse.Namespace:
     parser.add_argument('--writers', default=','.join(writers.DEFAULT),
                         help='labml writers, comma-separated: screen, sqlite, web_api (the dashboard), '
                              'tensorboard, file (default: %(default)s)')
+    parser.add_argument('-v', '--verbose', action='store_true', help="show labml's `Prepare <config>` sections")
     parser.add_argument('-h', '--help', action='store_true', help='list every config key and exit')
     args = parser.parse_args(argv)
     if args.help:
@@ -51,21 +53,27 @@ def parse_args(argv: List[str]) -> argparse.Namespace:
     return args
 
 
-def run(argv: List[str]) -> int:
-    """The command line: one line and a non-zero status on bad input, 130 on Ctrl-C."""
+def run(argv: Optional[List[str]] = None) -> int:
+    """The command line (`gpt-train`; `argv` defaults to `sys.argv[1:]`): one line and a non-zero
+    status on bad input, 130 on Ctrl-C, 143 on SIGTERM."""
     try:
         args = parse_args(argv)
         main(cli.overrides_from_args(args.items), name=args.name, comment=args.comment,
-             resume=args.resume, checkpoint=args.checkpoint, writers=args.writers)
+             resume=args.resume, checkpoint=args.checkpoint, writers=args.writers,
+             verbose=args.verbose)
     except UserError as e:
         print(f'error: {e}', file=sys.stderr)
         return 2
     except LossNotFinite as e:
         print(f'error: {e}; stopped without saving, the last checkpoint is kept', file=sys.stderr)
         return 3
-    except KeyboardInterrupt:
-        print('interrupted', file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as e:
+        print('interrupted' if stops.exit_status(e) == 130 else 'terminated', file=sys.stderr)
+        return stops.exit_status(e)
+    except OSError as e:
+        # labml's own files (run.yaml, configs.yaml, the logs) on a full disk or a read-only folder
+        print(f'error: cannot write {e.filename or "the run"}: {e.strerror or e}', file=sys.stderr)
+        return 2
     finally:
         distributed.teardown()
     return 0

@@ -261,7 +261,9 @@ class FusedAdamWarmupCosineDecay(ForeachAdamWarmupCosineDecay):
                     torch._foreach_mul_(params, 1.0 - decay)
 
         # The kernel reads each tensor's step from a tensor; one shared tensor serves them all.
-        step = torch.tensor(float(t), device=params[0].device)
+        # `torch.full` fills it on the device: `torch.tensor(t, device=...)` would copy it from
+        # the host and wait for the GPU to finish its queue, once per group per step.
+        step = torch.full((), float(t), device=params[0].device)
         kernel(params, [p.grad for p in params], [s['exp_avg'] for s in states], [s['exp_avg_sq'] for s in states],
                [], [step] * len(params), lr=lr, beta1=beta1, beta2=beta2, weight_decay=kernel_decay, eps=eps,
                amsgrad=False, maximize=False, grad_scale=divisor)

@@ -20,9 +20,17 @@ labml's global step (tokens trained on) is the checkpoint's folder name; labml's
 **A resumed run is a new labml run that names its parent**: it gets its own uuid and folder
 beside the parent's, labml records the parent in its `run.yaml` (`load_run`), and its global
 step, checkpoints and tracked values continue from the checkpoint's step. The parent is never
-written to. The configuration is the parent's (its explicitly given values, from labml's
-`configs.yaml`), with any `key=value` given to `--resume` applied on top, e.g. `epochs=64` to
-train longer.
+written to, and its checkpoint is not copied into the new folder. The run is found by the
+[run store](runs.html), by its uuid or a unique prefix, as `generate` finds it.
+
+**What it is told wins.** The configuration is the parent's (its explicitly given values, from
+labml's `configs.yaml`), with any `key=value` given to `--resume` applied on top. The optimizer
+state brings back only Adam's moments and step counts: the learning rate, the warm-up and the
+schedule's length are this run's configs, so the schedule is a function of the step and of
+them (`epochs=64` trains longer on the cosine of a 64-epoch run). What cannot change is
+refused in one line: the tokenizer (the corpus is encoded with the run's `tokenizer.json`, and
+a character it does not know is an error, never a silent remapping) and the model's shape
+(the weights would not fit).
 
 **Exact at epoch boundaries.** labml saves at the end of every epoch and at the end of
 training; from those checkpoints a resumed run repeats, bit for bit on CPU, what the run would
@@ -33,14 +41,10 @@ state of labml's trainer, validator and batch index, which are private to labml.
 """
 
 import random
-from pathlib import Path
 from typing import Any, Dict
 
 import numpy as np
 import torch
-import yaml
-
-from .errors import UserError
 
 
 def _rng_state() -> Dict[str, Any]:
@@ -77,22 +81,15 @@ def training_state(c) -> Dict[str, Any]:
 
 
 def load_training_state(c, state: Dict[str, Any]):
+    # The optimizer's state dict carries its hyper-parameters too (learning rate, warm-up and
+    # length of the schedule, weight decay, betas); they are this run's configs, not the
+    # parent's: only the moments and step counts come from the checkpoint.
+    given = [{k: v for k, v in group.items() if k != 'params'} for group in c.optimizer.param_groups]
     c.optimizer.load_state_dict(state['optimizer'])
+    for group, values in zip(c.optimizer.param_groups, given):
+        group.update(values)
     c.grad_scaler.load_state_dict(state['grad_scaler'])
     c.train_loader.generator.set_state(state['train_data'])
     c.valid_loader.generator.set_state(state['valid_data'])
     c._epochs_done = int(state['epochs_done'])
     _set_rng_state(state['rng'])
-
-
-def parent_overrides(run_dir: Path) -> Dict[str, Any]:
-    """The values the parent run was given explicitly, from labml's `configs.yaml`."""
-    path = Path(run_dir) / 'configs.yaml'
-    try:
-        configs = yaml.safe_load(path.read_text(encoding='utf-8'))
-    except (OSError, yaml.YAMLError, UnicodeDecodeError) as e:
-        raise UserError(f'cannot read the configuration of run {Path(run_dir).name}: {e.__class__.__name__}') from None
-    if not isinstance(configs, dict):
-        raise UserError(f'{path} is not a labml configs file')
-    return {k: v['value'] for k, v in configs.items()
-            if isinstance(v, dict) and v.get('is_explicitly_specified') and 'value' in v}

@@ -11,8 +11,8 @@ Two ways to turn text into token ids, behind one small interface (`encode`, `dec
   any text encodes, and decoding the ids gives back exactly the text: spaces, newlines,
   accents and emoji included. We add no normaliser and no prefix space for that reason.
 
-A run saves its tokenizer as `tokenizer.json` in the run's folder, and `load` rebuilds it from
-there for sampling and generation, without the corpus.
+A run saves its tokenizer as `tokenizer.json` in the run's folder; the [run store](runs.html)
+loads it back for resuming and generation, without the corpus.
 
 `bpe_vocab_size` defaults to 2,048: on a 1 MB corpus such as Tiny Shakespeare a few thousand
 merges already cover the common words (about 2.5 characters a token), while the embedding and
@@ -26,7 +26,6 @@ from typing import Iterable, List
 
 import numpy as np
 
-from .errors import UserError
 
 # The default vocabulary size of the BPE tokenizer, for a corpus of about 1 MB.
 DEFAULT_BPE_VOCAB_SIZE = 2048
@@ -69,7 +68,7 @@ class CharacterTokenizer:
 
     def unknown(self, text: str) -> List[str]:
         """The characters of `text` that the vocabulary lacks, sorted."""
-        return sorted({c for c in text if c not in self.stoi})
+        return sorted(set(text) - self.stoi.keys())
 
     def to_json(self) -> str:
         return json.dumps({'kind': self.kind, 'itos': self.itos}, ensure_ascii=False)
@@ -131,14 +130,6 @@ def from_json(s: str):
 def save(tokenizer, folder: Path):
     """Write `tokenizer.json` into `folder` (a run's folder)."""
     (Path(folder) / FILE_NAME).write_text(tokenizer.to_json(), encoding='utf-8')
-
-
-def load(folder: Path):
-    """The tokenizer a run saved in its folder."""
-    path = Path(folder) / FILE_NAME
-    if not path.is_file():
-        raise UserError(f'no {FILE_NAME} in {folder}: the run was made before tokenizers were saved')
-    return from_json(path.read_text(encoding='utf-8'))
 
 
 class StreamDecoder:

@@ -124,3 +124,6 @@ def pytest_configure(config):
     # gpt_experiment silences this labml warning with `warnings.filterwarnings` at import time;
     # pytest resets the filters for every test, so repeat it here.
     config.addinivalue_line('filterwarnings', 'ignore:Overriding option for text')
+    # `pytest -m cuda` runs only the tests of the CUDA path (tests/test_cuda.py); without a GPU
+    # they are reported as skipped, with the reason.
+    config.addinivalue_line('markers', 'cuda: needs a CUDA GPU (skipped where none is available)')

@@ -39,3 +39,44 @@ def test_dashboard_command_prints_its_url_and_answers(tmp_path):
         assert f'labml dashboard: {base}/' in log
         assert f'labml_server={base}/api/v1' in log
         assert f'dashboard data: {tmp_path / "home" / ".labml" / "app" / "data"}' in log
+
+
+def test_a_run_is_claimed_while_it_trains_and_the_app_logs_into_its_data_folder(tmp_path):
+    import json
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+    from conftest import REPO_ROOT
+
+    home = tmp_path / 'home'
+    with running_dashboard(home, tmp_path / 'dashboard.log') as base:
+        project = write_project(tmp_path / 'project')
+        env = dict(os.environ, PYTHONPATH=str(REPO_ROOT), OMP_NUM_THREADS='1', labml_server=f'{base}/api/v1')
+        # long enough to be still training when we look
+        proc = subprocess.Popen([sys.executable, '-m', 'gpt_experiment.main', 'text=corpus.txt', 'epochs=100000',
+                                 *(f'{k}={v}' for k, v in TINY.items())], cwd=project, env=env,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        claimed = False
+        try:
+            deadline = time.time() + 120
+            while time.time() < deadline and proc.poll() is None and not claimed:
+                time.sleep(1)
+                runs = run_dirs(project, 'gpt')
+                if not runs:
+                    continue
+                try:
+                    with urllib.request.urlopen(f'{base}/api/v1/run/{runs[0].name}', timeout=10) as response:
+                        claimed = json.loads(response.read())['is_claimed']
+                except OSError:
+                    pass  # not known to the dashboard yet
+            still_training = proc.poll() is None
+        finally:
+            proc.send_signal(signal.SIGINT)
+            proc.communicate(timeout=60)
+        assert claimed and still_training, proc.stderr
+    # the app's own log is in its data folder, not in the folder it was started from
+    assert (home / '.labml' / 'app' / 'data' / 'labml_app.log').is_file()
+    assert not (home / 'labml_app.log').exists()

@@ -83,20 +83,6 @@ def test_samplers_compose_and_check_their_arguments():
             make_sampler(**{'temperature': 1.0, **kwargs})
 
 
-def test_find_checkpoint_takes_only_complete_ones(tmp_path):
-    for step, files in [(100, ['info.json', 'model.pth']), (300, ['info.json', 'model.pth']),
-                        (500, ['model.pth']), (700, [])]:
-        folder = tmp_path / 'checkpoints' / str(step)
-        folder.mkdir(parents=True)
-        for f in files:
-            (folder / f).write_text('x')
-    (tmp_path / 'checkpoints' / '900.tmp').mkdir()
-    assert generate.find_checkpoint(tmp_path) == 300
-    assert generate.find_checkpoint(tmp_path, 100) == 100
-    with pytest.raises(UserError, match='no checkpoint 500; checkpoints: 100, 300'):
-        generate.find_checkpoint(tmp_path, 500)
-
-
 @pytest.fixture
 def trained_run(project):
     main({**TINY, 'text': 'corpus.txt', 'epochs': 1, 'inner_iterations': 1, 'sample_tokens': 2}, name='gen')
@@ -131,17 +117,44 @@ def test_generate_command(trained_run, project, capsys):
 
 BAD_INPUT = [
     (['--run', 'ffff', '--prompt', 'x'], "no run 'ffff'"),
-    (['--checkpoint', '7', '--prompt', 'It'], 'no checkpoint 7; checkpoints: '),
+    (['--checkpoint', '7', '--prompt', 'It'], 'no checkpoint at step 7; it has: '),
     (['--prompt', 'Zebra?'], "not in the vocabulary: '?' 'Z'"),
     (['--prompt', 'It', '--temperature', '-1'], 'temperature must be >= 0'),
     (['--prompt', 'It', '--top-k', '0'], 'top-k must be at least 1'),
     (['--prompt', 'It', '--top-p', '1.5'], 'top-p must be in (0, 1]'),
     (['--prompt', 'It', '--top-p', '0'], 'top-p must be in (0, 1]'),
+    (['--prompt', 'It', '--device', 'gpu'], '--device gpu: Expected one of cpu, cuda'),
+    (['--prompt', 'It', '--device', 'meta'], '--device meta: '),
     # refused at once, never read (a FIFO would wait for a writer, /dev/zero never ends)
     (['--prompt-file', 'prompt.fifo'], 'prompt.fifo is not a regular file'),
     (['--prompt-file', '/dev/zero'], '/dev/zero is not a regular file'),
     (['--prompt-file', '/dev/urandom'], '/dev/urandom is not a regular file'),
 ]
+if not torch.cuda.is_available():
+    # CUDA with a torch built without it
+    BAD_INPUT.append((['--prompt', 'It', '--device', 'cuda'], '--device cuda: Torch not compiled with CUDA enabled'))
+
+
+def test_generate_defaults_to_the_newest_run_and_its_prompt(project, capsys):
+    common = {**TINY, 'text': 'corpus.txt', 'epochs': 1, 'inner_iterations': 1, 'sample_tokens': 2}
+    main({**common, 'prompt': 'the'}, name='older')
+    main({**common, 'prompt': 'When the'}, name='newer')
+    newest = run_dirs(project, 'newer')[0]
+    capsys.readouterr()  # what training printed
+    rc, out, err = _generate(['--max-new-tokens', '5', '--temperature', '0'], capsys)
+    assert rc == 0, err
+    # the newer run's prompt, and which run and checkpoint on stderr
+    assert out.startswith('When the') and len(out) == len('When the') + 5 + 1
+    assert newest.name in err and 'checkpoint' in err
+    # the same tokens as with the run named and its prompt given
+    rc, named, _ = _generate(['--run', newest.name, '--prompt', 'When the', '--max-new-tokens', '5',
+                              '--temperature', '0'], capsys)
+    assert named == out
+
+
+def test_generate_without_runs_is_one_line(project, capsys):
+    rc, out, err = _generate([], capsys)
+    assert rc == 2 and err.startswith('error: no run with a checkpoint') and err.count('\n') == 1
 
 
 def test_generate_bad_input_is_one_line(trained_run, capsys):

@@ -1,18 +1,32 @@
 """
-Ctrl-C during training: the run finishes the step in progress, saves a checkpoint of the
-model at that step, and exits with status 130 and one line, with no traceback.
+Stops that never lose work: Ctrl-C and SIGTERM finish the step in progress, save a checkpoint
+at that step and exit 130 or 143 in one line; `is_save_models=false` saves nothing; the
+handlers in place before a run are back after it; a checkpoint is added every
+`checkpoint_minutes`; a full disk or an unwritable `logs/` is one line.
 """
 
+import errno
 import os
 import signal
+import socket
 import sqlite3
 import subprocess
 import sys
 import time
+import types
 
+import pytest
 import torch
 
-from conftest import REPO_ROOT, TINY, checkpoint_steps, run_dirs, write_project
+import gpt_experiment.checkpoints as checkpoints
+import gpt_experiment.configs as configs
+from gpt_experiment.main import run
+from gpt_experiment.runs import find_checkpoint
+from gpt_experiment.train import main
+
+from conftest import REPO_ROOT, TINY, checkpoint_steps, read_scalars, run_dirs, write_project
+
+ARGS = {**TINY, 'text': 'corpus.txt', 'inner_iterations': 1, 'sample_tokens': 2, 'log_interval': 5}
 
 
 def _trained_steps(run_dir):
@@ -26,35 +40,151 @@ def _trained_steps(run_dir):
         return 0
 
 
-def test_ctrl_c_saves_a_checkpoint_after_the_step_and_exits_130(tmp_path):
+def _indicators(run_dir):
+    with sqlite3.connect(str(run_dir / 'sqlite.db')) as conn:
+        return {row[0] for row in conn.execute('SELECT DISTINCT indicator FROM scalars')}
+
+
+@pytest.mark.parametrize('sig, status, line', [(signal.SIGINT, 130, 'interrupted'),
+                                               (signal.SIGTERM, 143, 'terminated')])
+def test_a_signal_saves_a_checkpoint_after_the_step_and_exits(tmp_path, sig, status, line):
     project = write_project(tmp_path)
-    args = [f'{k}={v}' for k, v in TINY.items()] + ['text=corpus.txt', 'epochs=1000', 'log_interval=1',
-                                                     'is_save_models=false']
+    args = [f'{k}={v}' for k, v in ARGS.items()] + ['epochs=1000', 'log_interval=1', 'checkpoint_minutes=0']
     env = {**os.environ, 'PYTHONPATH': str(REPO_ROOT), 'OMP_NUM_THREADS': '1', 'PYTHONUNBUFFERED': '1'}
-    proc = subprocess.Popen([sys.executable, '-m', 'gpt_experiment.main', *args, '--name', 'ctrlc'], cwd=project,
+    proc = subprocess.Popen([sys.executable, '-m', 'gpt_experiment.main', *args, '--name', 'stop'], cwd=project,
                             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
-        # Wait until training steps are being recorded, then press Ctrl-C once.
+        # Wait until training steps are being recorded, then send the signal once.
         deadline = time.time() + 120
         while time.time() < deadline and proc.poll() is None:
-            runs = run_dirs(project, 'ctrlc')
+            runs = run_dirs(project, 'stop')
             if runs and _trained_steps(runs[0]) >= 3:
                 break
             time.sleep(0.2)
         assert proc.poll() is None, proc.stderr.read()
-        proc.send_signal(signal.SIGINT)
+        proc.send_signal(sig)
         _, stderr = proc.communicate(timeout=60)
     finally:
         proc.kill()
 
-    assert proc.returncode == 130
-    assert stderr.strip().splitlines()[-1] == 'interrupted'
+    assert proc.returncode == status, stderr[-2000:]
+    assert stderr.strip().splitlines()[-1] == line
     assert 'Traceback' not in stderr
-    # With periodic checkpoints off, the one checkpoint is the one Ctrl-C wrote.
-    steps = checkpoint_steps(run_dirs(project, 'ctrlc')[0])
-    assert len(steps) == 1 and steps[0] > 0
-    # Whole windows only (an epoch's last batch may be partial, so not whole batches).
-    assert steps[0] % TINY['seq_len'] == 0
-    state = torch.load(run_dirs(project, 'ctrlc')[0] / 'checkpoints' / str(steps[0]) / 'model.pth',
-                       weights_only=True)
+    (run_dir,) = run_dirs(project, 'stop')
+    # The newest checkpoint is the step it stopped at: the last one trained and reported.
+    stopped = read_scalars(run_dir, 'loss.train')[-1][0]
+    assert checkpoint_steps(run_dir)[-1] == stopped
+    state = torch.load(find_checkpoint(run_dir) / 'model.pth', weights_only=True)
     assert 'generator.projection.weight' in state
+    assert 'loss' not in _indicators(run_dir)
+
+
+def _signal_at_step(n, sig):
+    """`F.cross_entropy` that sends `sig` to this process at the `n`th training step."""
+    real = torch.nn.functional.cross_entropy
+    calls = []
+
+    def cross_entropy(*args, **kwargs):
+        if torch.is_grad_enabled():
+            calls.append(1)
+            if len(calls) == n:
+                os.kill(os.getpid(), sig)
+        return real(*args, **kwargs)
+    return cross_entropy
+
+
+def test_a_stop_leaves_nothing_behind(project, monkeypatch, capsys):
+    before = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    # a run that ends normally
+    main({**ARGS, 'epochs': 1}, name='whole', writers='sqlite')
+    assert {s: signal.getsignal(s) for s in before} == before
+
+    # one stopped mid-stretch (step 7, two steps after a report), with is_save_models=false
+    monkeypatch.setattr(torch.nn.functional, 'cross_entropy', _signal_at_step(7, signal.SIGINT))
+    args = [f'{k}={v}' for k, v in ARGS.items()] + ['epochs=3', 'is_save_models=false', '--name', 'nosave',
+                                                     '--writers', 'sqlite']
+    assert run(args) == 130
+    (run_dir,) = run_dirs(project, 'nosave')
+    assert checkpoint_steps(run_dir) == []
+    # the last two steps are reported under their names, not as bare `loss` and `accuracy`
+    assert [s for s, _ in read_scalars(run_dir, 'loss.train')][-1] == 7 * 8 * 16
+    indicators = _indicators(run_dir)
+    assert {'loss.train', 'accuracy.train'} <= indicators and not {'loss', 'accuracy'} & indicators
+    # and labml's handler from the loop is not left installed
+    assert {s: signal.getsignal(s) for s in before} == before
+
+
+def test_a_checkpoint_every_checkpoint_minutes(project, monkeypatch):
+    # A clock that moves a minute per training step.
+    clock = [0.0]
+    real = torch.nn.functional.cross_entropy
+
+    def cross_entropy(*args, **kwargs):
+        if torch.is_grad_enabled():
+            clock[0] += 60
+        return real(*args, **kwargs)
+    monkeypatch.setattr(torch.nn.functional, 'cross_entropy', cross_entropy)
+    monkeypatch.setattr(configs, 'time', types.SimpleNamespace(monotonic=lambda: clock[0]))
+
+    main({**ARGS, 'epochs': 1, 'checkpoint_minutes': 3}, name='timed', writers='sqlite')
+    steps = checkpoint_steps(run_dirs(project, 'timed')[0])
+    # every third step of 128 tokens, and the end of the epoch
+    assert steps[:-1] == [3 * 128 * k for k in range(1, len(steps))] and len(steps) >= 10
+    main({**ARGS, 'epochs': 1, 'checkpoint_minutes': 0}, name='epochs', writers='sqlite')
+    assert checkpoint_steps(run_dirs(project, 'epochs')[0]) == [steps[-1]]
+
+
+def test_a_full_disk_is_one_line_and_keeps_the_last_checkpoint(project, monkeypatch, capsys):
+    real = checkpoints.write_durably
+    saves = []
+
+    def write_durably(path, write):
+        if path.name == 'training.pth':
+            saves.append(path)
+            if len(saves) == 2:
+                raise OSError(errno.ENOSPC, 'No space left on device', str(path))
+        return real(path, write)
+    monkeypatch.setattr(checkpoints, 'write_durably', write_durably)
+    args = [f'{k}={v}' for k, v in ARGS.items()] + ['epochs=3', '--name', 'full', '--writers', 'sqlite']
+    capsys.readouterr()
+    assert run(args) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    (run_dir,) = run_dirs(project, 'full')
+    (first,) = checkpoint_steps(run_dir)
+    assert len(err) == 1 and err[0].startswith(f'error: cannot write checkpoint {2 * first} (')
+    assert 'training.pth: No space left on device); the last complete checkpoint is ' + str(first) in err[0]
+    assert not list(run_dir.glob('.checkpoint-*'))
+    torch.load(find_checkpoint(run_dir) / 'training.pth', weights_only=True)
+
+
+def test_unwritable_logs_and_names_outside_logs_are_one_line(project, capsys):
+    for name in ('../x', '/abs', '.hidden', 'a/b'):
+        capsys.readouterr()
+        assert run(['text=corpus.txt', '--name', name]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert err == [f'error: --name must be a plain name (a folder under logs/), got {name!r}']
+    assert not (project.parent / 'x').exists() and not (project / 'logs').exists()
+    # logs/ that cannot be written (here a file in its place)
+    (project / 'logs').write_text('')
+    args = [f'{k}={v}' for k, v in ARGS.items()] + ['epochs=1', '--writers', 'sqlite']
+    assert run(args) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith('error: cannot write ') and 'logs' in err[0], err
+
+
+def test_cache_leftovers_of_gone_writers_are_removed(project, monkeypatch):
+    from gpt_experiment import corpus
+    # a character corpus that goes through the token cache
+    monkeypatch.setattr(corpus, 'IN_MEMORY_BYTES', 0)
+    cache = project / 'corpus.txt.cache'
+    cache.mkdir()
+    gone = subprocess.run([sys.executable, '-c', 'import os; print(os.getpid())'], capture_output=True, text=True)
+    dead = cache / f'training-x.u16.{int(gone.stdout)}@{socket.gethostname()}.tmp'
+    alive = cache / f'training-y.u16.{os.getpid()}@{socket.gethostname()}.tmp'
+    elsewhere = cache / f'training-z.u16.{int(gone.stdout)}@another-machine.tmp'
+    for f in (dead, alive, elsewhere):
+        f.write_bytes(b'half')
+    corpus.load(project / 'corpus.txt', None, seq_len=16)
+    # the one whose writer is gone goes; one being written, or written on another machine, stays;
+    # the cache written now left no temporary file of its own
+    assert sorted(cache.glob('*.tmp')) == sorted([alive, elsewhere])

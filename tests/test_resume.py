@@ -16,7 +16,7 @@ import pytest
 import torch
 import yaml
 
-from gpt_experiment.checkpoints import find_checkpoint
+from gpt_experiment.runs import find_checkpoint
 from gpt_experiment.metrics import LossNotFinite
 from gpt_experiment.main import run
 from gpt_experiment.train import main
@@ -49,8 +49,9 @@ def test_resume_repeats_the_straight_run(project):
     assert len(children) == 1
     child = children[0]
     assert yaml.safe_load((child / 'run.yaml').read_text())['load_run'] == parent.name
-    # the parent is not written to
+    # the parent is not written to, and its checkpoint is not copied into the child
     assert checkpoint_steps(parent) == [step]
+    assert step not in checkpoint_steps(child)
 
     a, b = _params(straight), _params(resumed)
     assert a.keys() == b.keys()
@@ -172,31 +173,18 @@ def test_kill_9_mid_checkpoint_leaves_the_previous_one(tmp_path, monkeypatch):
     monkeypatch.chdir(project)
     main({'epochs': 2}, resume=run_dir.name)
     child = [r for r in run_dirs(project, 'kill') if r != run_dir][0]
-    assert checkpoint_steps(child) == [steps[0], 2 * steps[0]]
-
-
-def test_newest_complete_checkpoint_is_found(tmp_path):
-    run_dir = tmp_path / 'run'
-    for step, files in ((100, {'model': 'model.pth'}), (200, {'model': 'model.pth'}), (300, None)):
-        path = run_dir / 'checkpoints' / str(step)
-        path.mkdir(parents=True)
-        (path / 'model.pth').write_bytes(b'x')
-        if files:
-            (path / 'info.json').write_text(json.dumps(files))
-    # 300 has no info.json (labml's own saver killed before its end): never picked
-    assert find_checkpoint(run_dir) == run_dir / 'checkpoints' / '200'
-    assert find_checkpoint(run_dir, 100) == run_dir / 'checkpoints' / '100'
-    # an index naming a file that is not there is not complete either
-    (run_dir / 'checkpoints' / '200' / 'info.json').write_text(json.dumps({'model': 'model.pth', 'x': 'x.pth'}))
-    assert find_checkpoint(run_dir) == run_dir / 'checkpoints' / '100'
+    # the parent's checkpoint is not copied into the child
+    assert checkpoint_steps(child) == [2 * steps[0]]
+    # and what the killed writer left is gone, now that it is
+    assert not list(run_dir.glob('.checkpoint-*.tmp'))
 
 
 BAD_RESUMES = [
-    (['--resume', 'nosuchrun'], ['no run nosuchrun']),
+    (['--resume', 'nosuchrun'], ["no run 'nosuchrun'"]),
     (['--checkpoint', '5'], ['--checkpoint needs --resume']),
-    (['--resume', '{run}', '--checkpoint', '7'], ['no complete checkpoint at step 7']),
+    (['--resume', '{run}', '--checkpoint', '7'], ['no checkpoint at step 7']),
     (['--resume', '{run}', '--checkpoint', 'x'], ["argument --checkpoint: invalid int value: 'x'"]),
-    (['--resume', '{truncated}'], ['cannot be loaded']),
+    (['--resume', '{truncated}'], ['model.pth is not a loadable checkpoint file', 'no complete checkpoint before it']),
     (['--resume', '{run}', 'epochs=1'], ['has done 1 of epochs=1']),
 ]
 
@@ -222,3 +210,89 @@ def test_bad_resume_is_one_line(project, capsys):
         if 'epochs=1' not in extra:
             # refused before a run folder is written
             assert sorted(p.name for p in parent.parent.iterdir()) == before, extra
+
+
+def _record_lr(monkeypatch):
+    """Every learning rate the schedule gives, as `(run, optimizer step, lr, warm-up, base lr)`."""
+    from labml_nn.optimizers.adam_warmup_cosine_decay import AdamWarmupCosineDecay
+    real, seen = AdamWarmupCosineDecay.get_lr, []
+
+    def get_lr(self, state, group):
+        lr = real(self, state, group)
+        seen.append((int(state['step']), lr, group['warmup'], group['lr']))
+        return lr
+    monkeypatch.setattr(AdamWarmupCosineDecay, 'get_lr', get_lr)
+    return seen
+
+
+SCHEDULE = {**TINY, 'text': 'corpus.txt', 'inner_iterations': 1, 'sample_tokens': 2, 'learning_rate': 3e-3,
+            'warmup_steps': 8 * 16 * 10, 'is_save_models': True}
+
+
+def test_resume_overrides_win_and_the_schedule_is_the_resumed_runs(project, monkeypatch):
+    seen = _record_lr(monkeypatch)
+    main({**SCHEDULE, 'epochs': 2}, name='straight')
+    straight = dict((s, lr) for s, lr, *_ in seen)
+    seen.clear()
+    main({**SCHEDULE, 'epochs': 1}, name='parent')
+    (parent,) = run_dirs(project, 'parent')
+    last = max(s for s, *_ in seen)
+    seen.clear()
+
+    # epochs=2 trains longer on the schedule of a straight 2-epoch run: the cosine is not the
+    # parent's 1-epoch one, whose learning rate would have climbed back up
+    main({'epochs': 2}, resume=parent.name)
+    resumed = dict((s, lr) for s, lr, *_ in seen)
+    assert min(resumed) == last + 1 and max(resumed) == max(straight)
+    for step, lr in resumed.items():
+        assert lr == pytest.approx(straight[step], rel=1e-12), step
+
+    # the learning rate and the warm-up given to --resume win over the optimizer's saved state
+    seen.clear()
+    main({'epochs': 2, 'learning_rate': 1e-2, 'warmup_steps': 8 * 16 * 100}, resume=parent.name)
+    assert {(w, base) for _, _, w, base in seen} == {(100, 1e-2)}
+    child = max(run_dirs(project, 'parent'), key=lambda r: r.stat().st_mtime)
+    assert yaml.safe_load((child / 'configs.yaml').read_text())['learning_rate']['value'] == 1e-2
+
+
+def test_resume_keeps_the_runs_tokenizer(project, capsys):
+    main({**SCHEDULE, 'epochs': 1}, name='chars')
+    (parent,) = run_dirs(project, 'chars')
+    saved = (parent / 'tokenizer.json').read_text()
+    corpus = project / 'corpus.txt'
+    text = corpus.read_text()
+
+    # every 'z' gone: a rebuilt vocabulary would shift the ids of the characters after 'z'
+    corpus.write_text(text.replace('z', 'y'))
+    # (giving the tokenizer it has is no change)
+    main({'epochs': 2, 'tokenizer': 'character'}, resume=parent.name)
+    child = [r for r in run_dirs(project, 'chars') if r != parent][0]
+    assert (child / 'tokenizer.json').read_text() == saved
+
+    # a character the run never saw is one line
+    corpus.write_text(text.replace('apples', 'Apples'))
+    capsys.readouterr()
+    assert run(['--resume', parent.name, 'epochs=2']) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["error: corpus.txt has characters that are not in the vocabulary of the run it continues from: 'A'; "
+                   "a run keeps its tokenizer"]
+
+    # what cannot change on resume is refused in one line: the tokenizer, the model's shape
+    corpus.write_text(text)
+    for extra, fragment in ((['tokenizer=bpe'], 'tokenizer cannot change when resuming'),
+                            (['transformer.d_model=64'], 'does not fit this run')):
+        capsys.readouterr()
+        assert run(['--resume', parent.name, 'epochs=2', *extra]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and fragment in err[0], err
+
+
+def test_resume_does_not_retrain_a_bpe_tokenizer(project):
+    main({**SCHEDULE, 'epochs': 1, 'tokenizer': 'bpe', 'bpe_vocab_size': 300}, name='bpe')
+    (parent,) = run_dirs(project, 'bpe')
+    # text appended: a retrained BPE would learn other merges
+    with open(project / 'corpus.txt', 'a') as f:
+        f.write('Quixotic zebras juggle xylophones; quixotic zebras juggle xylophones.\n' * 20)
+    main({'epochs': 2}, resume=parent.name)
+    child = [r for r in run_dirs(project, 'bpe') if r != parent][0]
+    assert (child / 'tokenizer.json').read_text() == (parent / 'tokenizer.json').read_text()

@@ -1,0 +1,75 @@
+"""
+What a run prints: plain lines when piped (one per report, no ANSI codes, no carriage
+returns, no `Prepare` sections unless `--verbose`), and in a terminal a status line that fits.
+"""
+
+import re
+
+import pytest
+
+from conftest import TINY, run_cli
+from gpt_experiment import console
+from labml.logger import Text
+
+
+def _args(*extra):
+    return ['text=corpus.txt', *(f'{k}={v}' for k, v in TINY.items()), 'epochs=1', 'inner_iterations=2',
+            'log_interval=2', '--writers', 'screen,sqlite', *extra]
+
+
+def test_piped_run_prints_plain_lines(project):
+    out = run_cli(_args(), project)
+    assert out.returncode == 0, out.stderr
+    log = out.stdout
+    assert '\x1b' not in log and '\r' not in log
+    assert 'Prepare ' not in log
+    reports = [line for line in log.splitlines() if 'loss.train:' in line]
+    # one line per report: every `log_interval` steps and at the end of each stretch
+    assert len(reports) >= 3
+    steps = [int(line.split(':')[0].replace(',', '')) for line in reports]
+    assert steps == sorted(steps) and steps[-1] > steps[0]
+    # the greedy sample, as text
+    assert any(line.startswith('It is ') for line in log.splitlines())
+    assert 'best valid loss:' in log
+
+
+def test_verbose_shows_the_prepare_sections(project):
+    out = run_cli(_args('--verbose'), project)
+    assert out.returncode == 0, out.stderr
+    assert 'Prepare model...[DONE]' in out.stdout and '\x1b' not in out.stdout
+
+
+def _visible(text: str) -> str:
+    return re.sub(r'\x1b\[[0-9;]*[mK]', '', text)
+
+
+def test_terminal_status_line_fits_the_width(capsys, monkeypatch):
+    monkeypatch.setattr(console.shutil, 'get_terminal_size', lambda: __import__('os').terminal_size((40, 20)))
+    c = console.Console(live=True, color=True, verbose=False)
+    status = [(f'{123456:8,}:  ', Text.highlight), 'Train: 50% 12ms ', ' loss.train: ', ('2.34567', Text.value),
+              ' accuracy.train: ', ('0.31', Text.value)]
+    c.log(status, is_new_line=False, is_reset=True)
+    c.log(status, is_new_line=False, is_reset=True)
+    written = capsys.readouterr().out
+    updates = written.split(console.CLEAR_LINE)[1:]
+    assert len(updates) == 2
+    assert all(len(_visible(u)) == 39 and '\n' not in u for u in updates)
+    assert '\x1b[' in updates[0]
+    # a line that ends is not cut
+    c.log(['x' * 60], is_new_line=True, is_reset=True)
+    assert 'x' * 60 + '\n' in capsys.readouterr().out
+
+
+@pytest.mark.parametrize('env, tty, expected', [({}, True, True), ({'NO_COLOR': '1'}, True, False), ({}, False, False)])
+def test_colours_only_on_a_terminal_without_no_color(monkeypatch, env, tty, expected):
+    monkeypatch.delenv('NO_COLOR', raising=False)
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    monkeypatch.setattr(console.sys.stdout, 'isatty', lambda: tty)
+    assert console.colors_wanted() is expected
+
+
+def test_no_color_terminal_has_no_colour_codes(capsys):
+    c = console.Console(live=True, color=False, verbose=False)
+    c.log([('It is ', Text.subtle), ('a sample', Text.value)], is_new_line=True, is_reset=True)
+    assert capsys.readouterr().out == console.CLEAR_LINE + 'It is a sample\n'

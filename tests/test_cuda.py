@@ -1,0 +1,219 @@
+"""
+The CUDA path, on a GPU: the fast path computes labml_nn's recipe in fp32, bf16 and fp16
+(with its gradient scaler) train, the fused optimizer makes the CPU's update, compiled steps
+make eager ones, the key/value cache decodes what the full context decodes, one process under
+torchrun trains through NCCL, and a resumed run repeats a straight one.
+
+Every test is marked `cuda` (`pytest -m cuda` runs them alone) and is skipped, with the reason,
+where CUDA is not available.
+"""
+
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from labml_helpers.train_valid import BatchIndex
+from labml_nn.optimizers.adam_warmup_cosine_decay import AdamWarmupCosineDecay
+
+from gpt_experiment import Configs
+from gpt_experiment import optimizer as optimizers
+from gpt_experiment.optimizer import FusedAdamWarmupCosineDecay
+from gpt_experiment.sampling import generate as decode, make_sampler
+from gpt_experiment.train import main
+
+from conftest import REPO_ROOT, checkpoint_steps, read_scalars, run_dirs, write_project
+from test_distributed import DDP, DRIVER
+from test_fast_paths import _assert_follows, _train_pair
+from test_generate import _random_model
+from test_resume import RESUME, _curve, _params
+
+pytestmark = [pytest.mark.cuda,
+              pytest.mark.skipif(not torch.cuda.is_available(), reason='CUDA is not available')]
+
+CUDA = {'device.use_cuda': True}
+
+
+@pytest.fixture
+def recorded(monkeypatch):
+    """`{id(configs): [(loss, logits dtype), ...]}` of every training or validation step from now on."""
+    steps = {}
+    accumulate = Configs._accumulate
+
+    def recording(self, loss, output, target):
+        steps.setdefault(id(self), []).append((loss.item(), output.dtype))
+        accumulate(self, loss, output, target)
+    monkeypatch.setattr(Configs, '_accumulate', recording)
+    return steps
+
+
+def _train_steps(conf, batches):
+    """The trainer's own step (`Configs.step`) over `batches`, as one training stretch."""
+    index = BatchIndex(len(batches), 1)
+    index.reset(len(batches), 1)
+    with conf.mode.update(is_train=True):
+        for batch in batches:
+            conf.step(batch, index)
+            index.step()
+
+
+def _assert_same_parameters(a, b):
+    # Absolute, not relative: the key biases get no gradient (softmax ignores a shift that is
+    # the same for every key), so Adam moves them by rounding noise alone, about 1e-6 from zero.
+    for (name, pa), pb in zip(a.named_parameters(), b.parameters()):
+        torch.testing.assert_close(pb, pa, rtol=1e-4, atol=1e-5, msg=name)
+
+
+def test_fast_path_matches_labml_recipe_in_fp32(tiny_configs, recorded):
+    """sdpa attention, batch first, the fused optimizer with clipping folded in: labml_nn's logits and updates."""
+    shape = {**CUDA, 'transformer.n_layers': 2, 'learning_rate': 3e-3, 'warmup_steps': 256}
+    stock = tiny_configs(**shape, **{'transformer.encoder_attn': 'mha', 'optimizer.optimizer': 'AdamWarmupCosineDecay'})
+    fast = tiny_configs(**shape)
+    assert fast.device.type == 'cuda' and fast.model.batch_first
+    assert type(stock.optimizer) is AdamWarmupCosineDecay and isinstance(fast.optimizer, FusedAdamWarmupCosineDecay)
+    fast.model.load_state_dict(stock.model.state_dict())
+    batches = list(fast.train_loader)[:10]
+
+    x = batches[0][0]
+    stock.model.eval(), fast.model.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(fast.model(x)[0], stock.model(x)[0], rtol=1e-5, atol=1e-5)
+
+    _train_steps(stock, batches)
+    _train_steps(fast, batches)
+    stock_losses, fast_losses = ([loss for loss, _ in recorded[id(c)]] for c in (stock, fast))
+    assert stock_losses == pytest.approx(fast_losses, rel=1e-5)
+    # and they trained: the last loss is well below the first
+    assert fast_losses[-1] < fast_losses[0] - 0.3
+    _assert_same_parameters(stock.model, fast.model)
+
+
+@pytest.mark.parametrize('dtype', ['bfloat16', 'float16'])
+def test_mixed_precision_training_lowers_the_loss(project, recorded, dtype):
+    conf = main({**CUDA, 'text': 'corpus.txt', 'transformer.d_model': 32, 'transformer.n_heads': 2,
+                 'transformer.n_layers': 1, 'transformer.ffn.d_ff': 64, 'seq_len': 16, 'batch_size': 8,
+                 'epochs': 3, 'inner_iterations': 1, 'learning_rate': 3e-3, 'warmup_steps': 1024,
+                 'is_save_models': False, 'dtype': dtype}, name=dtype)
+    assert conf.device.type == 'cuda'
+    # the forward pass ran in the low precision
+    assert {d for _, d in recorded[id(conf)]} == {getattr(torch, dtype)}
+    (run_dir,) = run_dirs(project, dtype)
+    losses = [v for _, v in read_scalars(run_dir, 'loss.train')]
+    valid = [v for _, v in read_scalars(run_dir, 'loss.valid')]
+    assert all(map(torch.isfinite, torch.tensor(losses + valid)))
+    assert losses[-1] < 0.8 * losses[0] and valid[-1] < valid[0]
+    # float16 steps through the gradient scaler, and its steps were not skipped
+    assert conf.grad_scaler.is_enabled() == (dtype == 'float16')
+    if dtype == 'float16':
+        state = conf.grad_scaler.state_dict()
+        assert state['scale'] >= 1 and state['_growth_tracker'] > 0
+
+
+def test_fused_optimizer_on_cuda_makes_labml_cpu_update(monkeypatch):
+    """Ten clipped steps of the fused kernel on CUDA end where labml_nn's optimizer ends on the CPU."""
+    devices = []
+    for name in ('_fused_adam_', '_fused_adamw_'):
+        kernel = getattr(torch, name)
+
+        def spy(params, *args, _kernel=kernel, **kwargs):
+            devices.append(params[0].device.type)
+            return _kernel(params, *args, **kwargs)
+        monkeypatch.setattr(torch, name, spy)
+    stock, fused, *_ = _train_pair(FusedAdamWarmupCosineDecay, True, max_norm=0.05, device='cuda')
+    assert set(devices) == {'cuda'} and len(devices) == 20
+    _assert_follows(stock, fused.cpu(), rel=1e-5, atol=1e-7)
+
+
+@pytest.mark.parametrize('dtype', ['float32', 'bfloat16'])
+def test_training_steps_do_not_wait_for_the_gpu(tiny_configs, dtype):
+    """
+    Between two reports a step only queues work on the GPU: nothing in it (the forward and
+    backward passes, clipping, the fused optimizer, the metric sums) copies from the device or
+    synchronises, so the host runs ahead of the GPU.
+    """
+    conf = tiny_configs(**CUDA, log_interval=1000, dtype=dtype)
+    batches = list(conf.train_loader)
+    index = BatchIndex(len(batches), 1)
+    index.reset(len(batches), 1)
+    with conf.mode.update(is_train=True):
+        for i, batch in enumerate(batches[:6]):
+            # The first two steps set up cuBLAS, the causal mask and the optimizer's state.
+            torch.cuda.set_sync_debug_mode('error' if i >= 2 else 'default')
+            try:
+                conf.step(batch, index)
+            finally:
+                torch.cuda.set_sync_debug_mode('default')
+            index.step()
+
+
+def test_compiled_steps_match_eager_steps(tiny_configs, recorded):
+    torch._dynamo.reset()
+    shape = {**CUDA, 'transformer.n_layers': 2, 'learning_rate': 3e-3, 'warmup_steps': 256}
+    eager = tiny_configs(**shape)
+    compiled = tiny_configs(**shape, compile=True)
+    assert isinstance(compiled.train_model, torch._dynamo.eval_frame.OptimizedModule)
+    compiled.model.load_state_dict(eager.model.state_dict())
+    batches = list(eager.train_loader)[:8]
+    _train_steps(eager, batches)
+    _train_steps(compiled, batches)
+    eager_losses, compiled_losses = ([loss for loss, _ in recorded[id(c)]] for c in (eager, compiled))
+    assert compiled_losses == pytest.approx(eager_losses, rel=1e-4)
+    _assert_same_parameters(eager.model, compiled.model)
+
+
+def test_greedy_decoding_with_the_cache_matches_decoding_without(tiny_configs):
+    conf = tiny_configs(**CUDA)
+    model = _random_model(conf)
+    assert next(model.parameters()).is_cuda
+    prompt = conf.text.text_to_i('It is a truth').cuda()
+    greedy = make_sampler(temperature=0)
+    for n, slide in ((conf.seq_len - len(prompt), None), (3 * conf.seq_len, 1)):
+        uncached = list(decode(model, prompt, n_tokens=n, seq_len=conf.seq_len, sampler=greedy, use_cache=False))
+        cached = list(decode(model, prompt, n_tokens=n, seq_len=conf.seq_len, sampler=greedy, slide=slide))
+        assert cached == uncached
+
+
+# After training, the driver also writes the backend its process group used.
+NCCL_DRIVER = DRIVER.replace('distributed.teardown()',
+                             'open("backend", "w").write(torch.distributed.get_backend())\ndistributed.teardown()')
+
+
+def test_one_process_under_torchrun_trains_through_nccl(tmp_path, monkeypatch):
+    project = write_project(tmp_path / 'project')
+    (project / 'driver.py').write_text(NCCL_DRIVER, encoding='utf-8')
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO_ROOT), os.environ.get('PYTHONPATH', '')]))
+    args = [f'{k}={v}' for k, v in {**DDP, **CUDA}.items()]
+    result = subprocess.run([sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node=1',
+                             'driver.py', *args], cwd=project, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert (project / 'backend').read_text() == 'nccl'
+    (run,) = run_dirs(project, 'ddp')
+    assert run.name.endswith('.0') and checkpoint_steps(run) == [230 * 18]
+    trained = torch.load(project / 'rank0.pth', map_location='cpu', weights_only=True)
+
+    # the same as one process without torchrun, on the same GPU
+    monkeypatch.chdir(project)
+    single = main({**DDP, **CUDA}, name='single').model.state_dict()
+    assert trained.keys() == single.keys()
+    differences = {k: (trained[k].float() - single[k].cpu().float()).abs().max().item() for k in single}
+    assert max(differences.values()) <= 1e-5, differences
+
+
+def test_resume_on_cuda_repeats_the_straight_run(project):
+    straight = main({**RESUME, **CUDA, 'epochs': 2}, name='straight')
+    first = main({**RESUME, **CUDA, 'epochs': 1}, name='resumed')
+    assert straight.device.type == 'cuda'
+    (parent,) = run_dirs(project, 'resumed')
+    resumed = main({'epochs': 2}, resume=parent.name)
+    assert resumed.device.type == 'cuda'
+    a, b = _params(straight), _params(resumed)
+    for k in a:
+        torch.testing.assert_close(b[k], a[k], rtol=0, atol=1e-5, msg=k)
+    assert not all(torch.allclose(a[k], v, atol=1e-4) for k, v in _params(first).items())
+    (straight_dir,) = run_dirs(project, 'straight')
+    child = next(r for r in run_dirs(project, 'resumed') if r != parent)
+    whole, joined = _curve(straight_dir, 'loss.valid'), _curve(parent, 'loss.valid') + _curve(child, 'loss.valid')
+    assert [s for s, _ in whole] == [s for s, _ in joined]
+    assert [v for _, v in whole] == pytest.approx([v for _, v in joined], abs=1e-5)

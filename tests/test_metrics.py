@@ -1,0 +1,74 @@
+"""
+The numbers people watch (`lr`, `grad_norm`, `tokens_per_second`) at every training report, and
+`valid_batches`: random validation batches, with the run's last validation over the whole split.
+"""
+
+import math
+
+import pytest
+import torch
+
+from gpt_experiment import metrics
+from gpt_experiment.train import main
+
+from conftest import TINY, read_scalars, run_dirs
+
+
+def test_every_training_report_tracks_lr_grad_norm_and_throughput(project):
+    conf = main({**TINY, 'text': 'corpus.txt', 'epochs': 2, 'inner_iterations': 2, 'log_interval': 3,
+                 'sample_tokens': 2, 'warmup_steps': 10 * 8 * 16}, name='watch', writers='sqlite')
+    run = run_dirs(project, 'watch')[0]
+    train = [s for s, _ in read_scalars(run, 'loss.train')]
+    lr, grad_norm, tps = (read_scalars(run, k) for k in ('lr', 'grad_norm', 'tokens_per_second'))
+    assert len(train) > 4
+    for values in (lr, grad_norm, tps):
+        assert [s for s, _ in values] == train
+        assert all(math.isfinite(v) and v > 0 for _, v in values)
+    # lr is the schedule's: it rises through the 10 warm-up steps, then decays
+    lrs = [v for _, v in lr]
+    peak = lrs.index(max(lrs))
+    assert 0 < peak < len(lrs) - 1 and lrs[0] < lrs[peak] > lrs[-1]
+    assert max(lrs) <= conf.learning_rate * (1 + 1e-6)
+
+
+def test_grad_norm_is_the_norm_before_clipping(tiny_configs):
+    conf = tiny_configs(epochs=1)
+    model, optimizer = conf.model, conf.optimizer
+    data, target = next(iter(conf.train_loader))
+    loss = conf.loss_func(model(data)[0], target)
+    # a large loss, so that clipping (at grad_norm_clip = 1) cuts the gradients
+    (loss * 1000).backward()
+    expected = torch.nn.utils.get_total_norm([p.grad for p in model.parameters() if p.grad is not None])
+    m = metrics.StepMetrics()
+    m.add(0, loss, model(data)[0], target)
+    from gpt_experiment.optimizer import clip_grad_norm_
+    m.add_grad_norm(clip_grad_norm_(optimizer, model.parameters(), max_norm=conf.grad_norm_clip))
+    reported = m.report(torch.device('cpu'), 'training')
+    assert expected > conf.grad_norm_clip * 10
+    assert reported['grad_norm'] == pytest.approx(expected.item(), rel=1e-5)
+    assert reported['tokens_per_second'] > 0
+
+
+def test_valid_batches_are_random_and_the_last_validation_is_whole(project, monkeypatch):
+    sizes = []
+    report = metrics.StepMetrics.report
+
+    def spy(self, device, split):
+        if split == 'validation':
+            sizes.append(self.steps)
+        return report(self, device, split)
+
+    monkeypatch.setattr(metrics.StepMetrics, 'report', spy)
+    conf = main({**TINY, 'text': 'corpus.txt', 'epochs': 2, 'inner_iterations': 3, 'valid_batches': 2,
+                 'sample_tokens': 2}, name='valid', writers='sqlite')
+    whole = len(conf.valid_loader)
+    assert whole > 2
+    # six validations: five of 2 random batches, the last over the whole split
+    assert sizes == [2] * 5 + [whole]
+    assert len(read_scalars(run_dirs(project, 'valid')[0], 'loss.valid')) == 6
+
+
+def test_negative_valid_batches_is_a_user_error(tiny_configs):
+    from gpt_experiment import UserError
+    with pytest.raises(UserError, match='valid_batches must be at least 0, got -1'):
+        tiny_configs(valid_batches=-1)
