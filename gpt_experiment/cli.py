@@ -15,6 +15,7 @@ An unknown key, a value of the wrong type or an option that is not registered is
 import difflib
 import inspect
 import math
+import re
 import typing
 from pathlib import Path
 from typing import Any, Dict, Iterable, List, NamedTuple, Optional
@@ -28,10 +29,11 @@ from .errors import UserError
 
 
 class Key(NamedTuple):
-    """A config key as labml declares it."""
+    """A config key as labml declares it, and the comment above its declaration."""
     type: Any
     default: Any
     options: List[str]
+    help: str = ''
 
 
 def _sub_configs(value_type, default, options) -> Optional[type]:
@@ -58,18 +60,43 @@ INTERNAL = {
     'optimizer', 'optimizer.weight_decay_obj', 'train_loader', 'valid_loader', 'transformer.encoder',
     'transformer.decoder', 'transformer.encoder_decoder', 'transformer.generator', 'transformer.decoder_layer',
     'transformer.decoder_attn', 'transformer.decoder_mem_attn', 'transformer.tgt_embed', 'transformer.ffn',
-    'transformer.ffn.ffn', 'dataloader_shuffle_with_replacement', 'is_loop_on_interrupt',
+    'transformer.ffn.ffn', 'dataloader_shuffle_with_replacement', 'is_loop_on_interrupt', 'optimizer.rho',
 }
+
+
+def _comments(configs_class: type) -> Dict[str, str]:
+    """
+    The `#` comment above each field of a configs class and of its bases (labml_nn writes one
+    above every field), as one line: what `--help` says of the key.
+    """
+    found = {}
+    for cls in reversed(inspect.getmro(configs_class)):
+        try:
+            lines = inspect.getsource(cls).splitlines()
+        except (OSError, TypeError):
+            continue
+        comment = []
+        for line in lines:
+            if line.strip().startswith('#'):
+                comment.append(line.strip().lstrip('#').strip())
+                continue
+            # a field at the class's own level: `    name: type = value` or `    name = value`
+            field = re.match(r'    (\w+)\s*[:=]', line)
+            if field and comment:
+                found[field.group(1)] = ' '.join(comment)
+            comment = []
+    return found
 
 
 def config_keys(configs_class: type, prefix: str = '') -> Dict[str, Key]:
     """Every key that can be overridden, with dotted names for nested configs."""
     types, defaults, options, aggregates = labml_glue.configs_registry(configs_class())
+    comments = _comments(configs_class)
     keys = {}
     for name, value_type in types.items():
         default = defaults.get(name)
         opts = list(options.get(name, {})) + sorted(aggregates.get(name, ()))
-        keys[prefix + name] = Key(value_type, default, opts)
+        keys[prefix + name] = Key(value_type, default, opts, comments.get(name, ''))
         sub = _sub_configs(value_type, default, options.get(name, {}))
         if sub is not None:
             keys.update(config_keys(sub, f'{prefix}{name}.'))
@@ -250,17 +277,34 @@ def _settable(spec: Key) -> bool:
     return bool(spec.options) or spec.type in (bool, int, float, str) or typing.get_origin(spec.type) is tuple
 
 
-def describe(configs_class: type) -> str:
-    """The `--help` listing: every settable key with its type, default and registered options."""
+# What `--help` says of labml's keys that have no comment in labml's own sources
+LABML_HELP = {
+    'device.cuda_device': 'The CUDA device to train on', 'device.use_cuda': 'Whether to train on CUDA when there is one',
+    'is_track_time': "Whether labml tracks the time each step takes",
+    'save_models_interval': 'Tokens between checkpoints (labml saves at the end of each epoch at most)',
+    'log_new_line_interval': 'Tokens between new lines of the console output',
+    'log_write_interval': "Tokens between writes of labml's tracked values",
+}
+
+
+def describe(configs_class: type, overrides: Optional[Dict[str, Any]] = None,
+             effective_defaults: Optional[Dict[str, Any]] = None) -> str:
+    """
+    The `--help` listing: every key a user can set, with what a run would use (the `overrides`
+    given with `--help`, else `effective_defaults`, what the options set in nested configs, else
+    the declared default), its registered options, and the comment above its declaration.
+    """
+    overrides, effective_defaults = overrides or {}, effective_defaults or {}
     lines = []
     for key, spec in sorted(config_keys(configs_class).items()):
-        if not _settable(spec):
+        if key in INTERNAL or not _settable(spec):
             continue
-        default = spec.default if spec.default is not None else (spec.options[0] if spec.options else '(computed)')
-        if isinstance(default, BaseConfigs):
-            default = '(configs)'
-        line = f'  {key:<40} {_type_name(spec.type):<18} default: {default}'
+        value = overrides.get(key, effective_defaults.get(key, spec.default))
+        value = value if value is not None else (spec.options[0] if spec.options else '(computed)')
+        kind = 'option' if spec.options else _type_name(spec.type)
+        line = f'  {key:<36} {kind:<6} {value}'
         if spec.options:
-            line += f'   options: {", ".join(spec.options)}'
+            line += f'   (options: {", ".join(spec.options)})'
         lines.append(line)
+        lines.append(f'      {spec.help or LABML_HELP.get(key, "")}'.rstrip())
     return '\n'.join(lines)

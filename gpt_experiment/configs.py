@@ -38,8 +38,8 @@ from . import attention, batches, console, corpus, distributed, gpt1, labml_glue
 from .errors import UserError
 from .metrics import StepMetrics, learning_rate
 from .model import GPT, crop_positions, init_weights
-from .optimizer import (DecayRule, clip_grad_norm_, decay_groups, gpt_optimizer_configs, linear_weights,
-                        matrix_weights)
+from .optimizer import (GPT_OPTIMIZER, DecayRule, clip_grad_norm_, decay_groups, gpt_optimizer_configs,
+                        linear_weights, matrix_weights)
 
 # We replace labml_nn's `tiny_shakespeare` option (a download into `data/`) with the copy in
 # the package; labml warns about the replacement each time a `Configs` is made.
@@ -78,12 +78,14 @@ class Configs(NLPAutoRegressionConfigs):
     weight_decay_params: DecayRule = 'linear'
 
     # GPT-1 options (see [gpt1](gpt1.html)), off by default
+
     # The generator's weight is the token embedding matrix
     tie_embeddings: bool = False
     # Dropout on the token and position embeddings
     embedding_dropout: float = 0.0
-    # Vocabulary size of `tokenizer=bpe`, and how much of the training split trains it
+    # Vocabulary size of `tokenizer=bpe`
     bpe_vocab_size: int = tokenizers.DEFAULT_BPE_VOCAB_SIZE
+    # Bytes of the training split that train the BPE tokenizer (at most)
     bpe_train_bytes: int = 100_000_000
 
     # Training device, `device.use_cuda` and `device.cuda_device`. labml_nn's default is one
@@ -107,13 +109,22 @@ class Configs(NLPAutoRegressionConfigs):
     train_model: torch.nn.Module
 
     # The labml GPT recipe
+
+    # `character`: one token per character; `bpe`: a byte-level BPE trained on the corpus
     tokenizer = 'character'
+    # The corpus: `tiny_shakespeare` (in the package), or `text=<file or folder>`
     text = 'tiny_shakespeare'
+    # Text that the greedy sample at every train/valid switch continues
     prompt: str = 'It is '
+    # Shown between sampled tokens
     prompt_separator: str = ''
+    # Tokens of context
     seq_len: int = 128
+    # Windows of `seq_len` tokens per optimizer step
     batch_size: int = 128
+    # Passes over the training split
     epochs: int = 32
+    # Train/valid switches per epoch (a validation after each stretch of training)
     inner_iterations: int = 10
     # Number of tokens sampled at every train/valid switch
     sample_tokens: int = 25
@@ -371,6 +382,20 @@ def _transformer_width(c: Configs) -> int:
     return c.transformer.d_model
 
 
+# What the `GPT` option sets in labml_nn's `TransformerConfigs`, over that class's defaults:
+# GPT's GELU, and labml_nn's attention on PyTorch's fused kernel (the same computation and
+# parameters, faster: benchmarks/throughput.py; `transformer.encoder_attn=mha` is the stock module).
+GPT_TRANSFORMER = {'ffn.activation': 'GELU', 'encoder_attn': 'sdpa'}
+# The defaults a run has for the keys of nested configs, for `--help`: what the options set, and
+# what follows other keys
+EFFECTIVE_DEFAULTS = {
+    **{f'transformer.{k}': v for k, v in GPT_TRANSFORMER.items()},
+    **{f'optimizer.{k}': v for k, v in GPT_OPTIMIZER.items()},
+    'optimizer.learning_rate': '= learning_rate', 'optimizer.weight_decay': '= weight_decay',
+    'optimizer.warmup': '= warmup_steps / (batch_size x seq_len)', 'optimizer.total_steps': '= epochs x batches of an epoch',
+}
+
+
 @option(Configs.transformer, 'GPT')
 def _transformer_configs(c: Configs) -> TransformerConfigs:
     """
@@ -382,10 +407,8 @@ def _transformer_configs(c: Configs) -> TransformerConfigs:
     conf = TransformerConfigs()
     conf.n_src_vocab = c.n_tokens
     conf.n_tgt_vocab = c.n_tokens
-    conf.ffn.activation = 'GELU'
-    # labml_nn's attention on PyTorch's fused kernel: the same computation and parameters,
-    # faster (benchmarks/throughput.py); `transformer.encoder_attn=mha` is the stock module.
-    conf.encoder_attn = 'sdpa'
+    conf.ffn.activation = GPT_TRANSFORMER['ffn.activation']
+    conf.encoder_attn = GPT_TRANSFORMER['encoder_attn']
     return conf
 
 

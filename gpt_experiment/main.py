@@ -19,7 +19,7 @@ import sys
 from typing import List, Optional
 
 from . import cli, distributed, stops, writers
-from .configs import Configs
+from .configs import EFFECTIVE_DEFAULTS, Configs
 from .metrics import LossNotFinite
 from .errors import UserError
 from .train import main
@@ -47,8 +47,10 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.help:
         print(parser.format_help())
-        print('config keys (type, default, registered options):')
-        print(cli.describe(Configs))
+        # what a run with these presets and key=value arguments would use
+        given = cli.check_overrides(Configs, cli.overrides_from_args(args.items))
+        print('config keys (type, value a run would use, registered options):')
+        print(cli.describe(Configs, given, EFFECTIVE_DEFAULTS))
         sys.exit(0)
     return args
 

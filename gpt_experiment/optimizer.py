@@ -54,6 +54,14 @@ def decay_groups(model: nn.Module, weight_decay: float, rule: DecayRule = linear
     ]
 
 
+# What GPT's optimizer sets in labml_nn's `OptimizerConfigs`, over that class's own defaults:
+# labml_nn's `AdamWarmupCosineDecay` on PyTorch's fused Adam kernel (below), the same update in one
+# pass per tensor (`optimizer.optimizer=AdamWarmupCosineDecay` is the stock one); GPT's betas
+# and epsilon; decoupled weight decay, $\theta \leftarrow \theta - \alpha \lambda \theta$, not
+# $g \leftarrow g + \lambda \theta$.
+GPT_OPTIMIZER = {'optimizer': 'FusedAdamWarmupCosineDecay', 'betas': (0.9, 0.95), 'eps': 1e-8, 'weight_decouple': True}
+
+
 def gpt_optimizer_configs(parameters: List[Dict], *, weight_decay: float, learning_rate: float, d_model: int,
                           warmup_tokens: int, tokens_per_step: int, total_steps: int) -> OptimizerConfigs:
     """
@@ -63,18 +71,13 @@ def gpt_optimizer_configs(parameters: List[Dict], *, weight_decay: float, learni
     """
     conf = OptimizerConfigs()
     conf.parameters = parameters
-    # labml_nn's `AdamWarmupCosineDecay` on PyTorch's fused Adam kernel (below): the same
-    # update in one pass per tensor; `optimizer.optimizer=AdamWarmupCosineDecay` is the stock one.
-    conf.optimizer = 'FusedAdamWarmupCosineDecay'
+    for key, value in GPT_OPTIMIZER.items():
+        setattr(conf, key, value)
     conf.learning_rate = learning_rate
-    conf.betas = (0.9, 0.95)
-    conf.eps = 1e-8
     # Only the `Noam` option reads this, but keep it right for whoever switches to it.
     conf.d_model = d_model
     # The group values above win; this is the default for groups that do not set one.
     conf.weight_decay = weight_decay
-    # $\theta \leftarrow \theta - \alpha \lambda \theta$, not $g \leftarrow g + \lambda \theta$.
-    conf.weight_decouple = True
     # The warm-up is given in tokens; the optimizer counts steps.
     conf.warmup = warmup_tokens // tokens_per_step
     conf.total_steps = total_steps

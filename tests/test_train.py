@@ -103,18 +103,32 @@ def test_command_line_trains_from_a_preset(tmp_path):
     assert not any(k.startswith('encoder.layers.1.') for k in state)
 
 
-def test_help_lists_config_keys(tmp_path):
-    project = write_project(tmp_path / 'project')
-    result = run_cli(['--help'], cwd=project)
+def _help(project, *args):
+    result = run_cli([*args, '--help'], cwd=project)
     assert result.returncode == 0, result.stderr
     assert result.stderr == ''
-    lines = {line.split()[0]: line for line in result.stdout.splitlines() if line.startswith('  ') and line.split()}
-    assert 'transformer.n_layers' in lines
-    assert 'int' in lines['transformer.n_layers'] and 'default: 6' in lines['transformer.n_layers']
-    assert 'default: character' in lines['tokenizer']
-    assert 'options: character, bpe' in lines['tokenizer'] and 'basic_english' not in result.stdout
-    assert 'default: 0.0006' in lines['learning_rate']
-    assert 'transformer.ffn.d_ff' in lines and 'optimizer.learning_rate' in lines
+    lines = result.stdout.split('config keys')[1].splitlines()[1:]
+    # each key on one line, its description on the next
+    return {key.split()[0]: (key, about.strip()) for key, about in zip(lines[::2], lines[1::2])}
+
+
+def test_help_tells_what_a_run_would_use(tmp_path):
+    project = write_project(tmp_path / 'project')
+    keys = _help(project)
+    # the values a run uses, not the nested classes' own (mha, SGD, ReLU)
+    for key, value in [('transformer.n_layers', 'int    6'), ('transformer.encoder_attn', 'option sdpa'),
+                       ('optimizer.optimizer', 'option FusedAdamWarmupCosineDecay'),
+                       ('transformer.ffn.activation', 'option GELU'), ('optimizer.betas', '(0.9, 0.95)'),
+                       ('learning_rate', 'float  0.0006'), ('tokenizer', 'option character   (options: character, bpe)')]:
+        assert value in keys[key][0], keys[key]
+    # a one-line description of every key
+    assert all(about for _, about in keys.values()), [k for k, (_, about) in keys.items() if not about]
+    # no internal keys, and no tokenizer that does not work
+    assert not {'trainer', 'validator', 'loop_step', 'state_modules', 'device.device_info', 'model', 'n_tokens',
+                'transformer.n_src_vocab', 'd_model'} & set(keys)
+    assert 'basic_english' not in keys['tokenizer'][0]
+    # with a preset, the preset's values
+    assert 'int    96' in _help(project, str(REPO_ROOT / 'configs' / 'cpu_quick.yaml'))['transformer.d_model'][0]
     assert not (project / 'logs').exists()
 
 
