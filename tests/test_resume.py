@@ -274,7 +274,7 @@ def test_resume_keeps_the_runs_tokenizer(project, capsys):
     capsys.readouterr()
     assert run(['--resume', parent.name, 'epochs=2']) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert err == ["error: corpus.txt has characters that are not in the resumed run's vocabulary: 'A'; "
+    assert err == ["error: corpus.txt has characters that are not in the vocabulary of the run it continues from: 'A'; "
                    "a run keeps its tokenizer"]
 
     # what cannot change on resume is refused in one line: the tokenizer, the model's shape
