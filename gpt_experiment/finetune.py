@@ -8,8 +8,9 @@ python -m gpt_experiment.main configs/finetune_shakespeare.yaml init_from=RUN[:S
 `init_from` is a config key like any other ([configs](configs.html)): a run's uuid or a unique
 prefix of it, and optionally `:STEP`, one of its checkpoints (the newest complete one when no
 step is given). It takes effect where runs start, in [`train.main`](train.html) (the command
-line, or `main({'init_from': ...})` from Python). The run store ([runs](runs.html)) finds the run and judges the checkpoint, so
-an unknown run, an ambiguous prefix or a damaged checkpoint is one line, as for `--resume`.
+line, or `main({'init_from': ...})` from Python). The run store ([runs](runs.html)) finds the
+run and judges the checkpoint, so an unknown run, an ambiguous prefix or a damaged checkpoint
+is one line, as for `--resume`.
 
 What the new run takes from the source run, and what it does not:
 
