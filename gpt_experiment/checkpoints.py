@@ -26,7 +26,9 @@ the one safe loader of everything a run folder holds (`load_tensors`, `load_yaml
 import json
 import os
 import pathlib
+import re
 import shutil
+import socket
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional
 
@@ -79,8 +81,7 @@ class AtomicCheckpointSaver(CheckpointSaver):
             return
         # Only this process writes this run's checkpoints, so any temporary folder here was left
         # by a writer that is gone (killed while writing).
-        for leftover in checkpoints.parent.glob('.checkpoint-*.tmp'):
-            shutil.rmtree(leftover, ignore_errors=True)
+        remove_partial_checkpoints(checkpoints.parent)
         tmp = checkpoints.parent / f'.checkpoint-{global_step}.tmp'
         try:
             checkpoints.mkdir(parents=True, exist_ok=True)
@@ -151,6 +152,42 @@ def install(savers: Dict[str, ModelSaver], *, resumed_step: Optional[int] = None
     """
     labml_glue.set_checkpoint_saver(AtomicCheckpointSaver(labml_glue.checkpoint_path(), skip_step=resumed_step))
     experiment.add_model_savers(savers)
+
+
+def remove_partial_checkpoints(run_dir: Path):
+    """Remove the `.checkpoint-<step>.tmp` folders of a run whose writer is gone."""
+    for partial in Path(run_dir).glob('.checkpoint-*.tmp'):
+        shutil.rmtree(partial, ignore_errors=True)
+
+
+# ## Temporary files of other writers
+#
+# A cache file is written as `<name>.<pid>@<host>.tmp` and renamed when complete. The name
+# says who writes it, so that one left by a killed process can be told from one that another
+# process is writing right now: it is removed once that process is gone from this machine.
+
+def temporary(path: Path) -> Path:
+    """Where this process writes `path` before renaming it into place."""
+    return path.with_name(f'{path.name}.{os.getpid()}@{socket.gethostname()}.tmp')
+
+
+def process_alive(pid: int) -> bool:
+    """Whether process `pid` runs on this machine (signal 0 checks without sending anything)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process
+        return True
+    return True
+
+
+def remove_leftovers(folder: Path):
+    """Remove the temporary files in `folder` whose writers were on this machine and are gone."""
+    for tmp in Path(folder).glob('*.tmp'):
+        writer = re.search(r'\.(\d+)@(.+)\.tmp$', tmp.name)
+        if writer and writer.group(2) == socket.gethostname() and not process_alive(int(writer.group(1))):
+            tmp.unlink(missing_ok=True)
 
 
 # ## Loading, always safely

@@ -94,6 +94,10 @@ class Configs(NLPAutoRegressionConfigs):
     dtype: torch.dtype = 'float32'
     # Gradient scaler; it only scales with `float16`, whose gradients would underflow
     grad_scaler: torch.amp.GradScaler
+    # `RUN[:STEP]`: a new run that starts from the weights of that run's checkpoint (the newest
+    # complete one when no step is given), with its tokenizer and shape; everything else starts
+    # fresh ([finetune](finetune.html))
+    init_from: str = ''
     # Whether training steps run the model through `torch.compile`
     compile: bool = False
     # The model as training steps call it: `model` itself, or its compiled wrapper. Checkpoints

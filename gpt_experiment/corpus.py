@@ -15,8 +15,9 @@ file is memory-mapped: training windows are gathered from it batch by batch
   folder when that is not writable), keyed by the files' paths, sizes and modification times:
   the tokenizer (`tokenizer-<key>.json`, so a second run does not retrain it) and the token
   files (`<split>-<key>.u16`, or `.u32` when the vocabulary has more than 65,536 tokens),
-  keyed by the tokenizer too. Files are written under a temporary name and renamed when
-  complete, so an interrupted run never leaves a truncated cache behind.
+  keyed by the tokenizer too. Files are written under a temporary name that names the writer
+  and renamed when complete, so an interrupted run never leaves a truncated cache behind, and
+  what a killed writer left is removed the next time a run uses the folder.
 * Text is encoded in chunks that end at a newline; a BPE word never spans a line, so this is
   the encoding of the whole text, except that a run of blank lines may be cut differently.
 * A BPE tokenizer trains on the first `bpe_train_bytes` of the training split (BPE training
@@ -34,7 +35,7 @@ import torch
 
 from labml import lab, monit
 
-from . import tokenizers
+from . import checkpoints, tokenizers
 from .data import check_vocabulary, corpus_files
 from .errors import UserError
 
@@ -131,17 +132,19 @@ def cache_dir(path: Path) -> Path:
     folder = path.parent / f'{path.name}.cache'
     try:
         folder.mkdir(exist_ok=True)
-        if os.access(folder, os.W_OK):
-            return folder
+        writable = os.access(folder, os.W_OK)
     except OSError:
-        pass
-    folder = Path(lab.get_data_path()) / 'cache' / _key(path)
-    folder.mkdir(parents=True, exist_ok=True)
+        writable = False
+    if not writable:
+        folder = Path(lab.get_data_path()) / 'cache' / _key(path)
+        folder.mkdir(parents=True, exist_ok=True)
+    # What killed writers left here goes before anything new is written.
+    checkpoints.remove_leftovers(folder)
     return folder
 
 
 def _write_atomic(path: Path, text: str):
-    tmp = path.with_name(path.name + f'.{os.getpid()}.tmp')
+    tmp = checkpoints.temporary(path)
     tmp.write_text(text, encoding='utf-8')
     tmp.replace(path)
 
@@ -157,7 +160,7 @@ def tokenise_to_file(span: Span, tokenizer, path: Path, name: str) -> np.memmap:
     dtype = np.uint16 if tokenizer.n_tokens <= 2 ** 16 else np.uint32
     if not path.exists():
         total = max(span[2] - span[1], 1)
-        tmp = path.with_name(path.name + f'.{os.getpid()}.tmp')
+        tmp = checkpoints.temporary(path)
         done = 0
         with monit.section(f'Tokenise {name} ({total / 1e6:,.1f} MB)', total_steps=total), open(tmp, 'wb') as out:
             batch = []

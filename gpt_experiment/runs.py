@@ -167,10 +167,15 @@ def given_configs(run_dir: Path) -> Dict[str, Any]:
             if isinstance(v, dict) and v.get('is_explicitly_specified') and 'value' in v}
 
 
+def config_values(run_dir: Path) -> Dict[str, Any]:
+    """Every config's value as the run recorded it (given, or set by an option), or `None`."""
+    configs = checkpoints.load_yaml(run_dir / 'configs.yaml') or {}
+    return {k: v.get('value') for k, v in configs.items() if isinstance(v, dict)} if isinstance(configs, dict) else {}
+
+
 def config_value(run_dir: Path, key: str) -> Any:
-    """A config's value as the run recorded it (given or computed), or `None`."""
-    entry = (checkpoints.load_yaml(run_dir / 'configs.yaml') or {}).get(key)
-    return entry.get('value') if isinstance(entry, dict) else None
+    """A config's value as the run recorded it, or `None`."""
+    return config_values(run_dir).get(key)
 
 
 def load_tokenizer(run_dir: Path):
@@ -231,16 +236,6 @@ def _ending(run_dir: Path) -> Optional[Dict[str, Any]]:
         raise UserError(f'{path} is not labml run log') from None
 
 
-def _is_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def _pid(run_dir: Path) -> Optional[int]:
     pids = sorted((run_dir / 'pids').glob('*.pid'))
     try:
@@ -258,7 +253,7 @@ def status(run_dir: Path) -> str:
     ending = _ending(run_dir)
     if ending is None:
         pid = _pid(run_dir)
-        return 'running' if pid is not None and _is_alive(pid) else 'crashed'
+        return 'running' if pid is not None and checkpoints.process_alive(pid) else 'crashed'
     if ending.get('status') == 'crashed' and 'loss is not finite' in str(ending.get('details')):
         return 'non-finite'
     return str(ending.get('status'))
@@ -278,7 +273,10 @@ class Run(NamedTuple):
 
 
 def _duration(run_dir: Path, state: str) -> Optional[float]:
-    """From labml's pid file (written at the start) to the end in `run_log.jsonl`, or to now."""
+    """
+    From labml's pid file (written at the start) to the end in `run_log.jsonl`; to now while it
+    runs; for a process that is gone without a word, to the last tracked value it wrote.
+    """
     pids = sorted((run_dir / 'pids').glob('*.pid'))
     if not pids:
         return None
@@ -286,7 +284,10 @@ def _duration(run_dir: Path, state: str) -> Optional[float]:
     ending = _ending(run_dir)
     if ending is not None and isinstance(ending.get('time'), (int, float)):
         return ending['time'] - started
-    return time.time() - started if state == 'running' else None
+    if state == 'running':
+        return time.time() - started
+    db = run_dir / 'sqlite.db'
+    return db.stat().st_mtime - started if db.is_file() else None
 
 
 def read_run(run_dir: Path) -> Run:

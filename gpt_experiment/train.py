@@ -16,7 +16,7 @@ from typing import Any, Dict, Iterable, Optional, Union
 
 from labml import experiment, tracker
 
-from . import checkpoints, cli, console, dashboard, distributed, labml_glue, runs, summary, writers as writers_
+from . import checkpoints, cli, console, dashboard, distributed, finetune, labml_glue, runs, summary, writers as writers_
 from . import resume as resume_state
 from .checks import check_configs
 from .configs import Configs
@@ -61,10 +61,20 @@ def main(overrides: Optional[Dict[str, Any]] = None, *, name: Optional[str] = No
                  distributed_world_size=world.size if world.is_distributed else 0,
                  writers=writers if world.is_main else set())
     experiment.create(name=name or 'gpt', comment=comment, python_file=project_path(), **ranks)
-    parent, step, run_tokenizer = None, None, None
+    source, parent, step, run_tokenizer = None, None, None, None
+    if overrides.get('init_from'):
+        # A new run from another run's weights, with its tokenizer and shape ([finetune](finetune.html)).
+        if resume is not None:
+            raise UserError('init_from starts a new run from a run\'s weights and --resume continues a run; give one')
+        source = finetune.find_source(overrides['init_from'])
+        overrides = finetune.with_source_shape(source, overrides)
+        run_tokenizer = runs.load_tokenizer(source.run)
     if resume is not None:
         parent = runs.find_run(resume)
         step = int(runs.find_checkpoint(parent, checkpoint).name)
+        if world.is_main and runs.status(parent) != 'running':
+            # what a killed writer of the parent left half written
+            checkpoints.remove_partial_checkpoints(parent)
         # The run's tokenizer, as it saved it: the corpus is encoded with it, never rebuilt.
         run_tokenizer = runs.load_tokenizer(parent)
         for key in TOKENIZER_KEYS:
@@ -81,6 +91,8 @@ def main(overrides: Optional[Dict[str, Any]] = None, *, name: Optional[str] = No
     experiment.configs(conf, overrides)
     # Everything that can fail on bad input is computed before the run's folder is written.
     check_configs(conf)
+    if source is not None:
+        finetune.load_weights(conf.model, source)
     distributed.check_batch(conf.batch_size)
     checkpoints.install({
         'model': checkpoints.model_saver('model', conf.model),

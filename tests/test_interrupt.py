@@ -8,6 +8,7 @@ handlers in place before a run are back after it; a checkpoint is added every
 import errno
 import os
 import signal
+import socket
 import sqlite3
 import subprocess
 import sys
@@ -168,3 +169,21 @@ def test_unwritable_logs_and_names_outside_logs_are_one_line(project, capsys):
     assert run(args) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith('error: cannot write ') and 'logs' in err[0], err
+
+
+def test_cache_leftovers_of_gone_writers_are_removed(project, monkeypatch):
+    from gpt_experiment import corpus
+    # a character corpus that goes through the token cache
+    monkeypatch.setattr(corpus, 'IN_MEMORY_BYTES', 0)
+    cache = project / 'corpus.txt.cache'
+    cache.mkdir()
+    gone = subprocess.run([sys.executable, '-c', 'import os; print(os.getpid())'], capture_output=True, text=True)
+    dead = cache / f'training-x.u16.{int(gone.stdout)}@{socket.gethostname()}.tmp'
+    alive = cache / f'training-y.u16.{os.getpid()}@{socket.gethostname()}.tmp'
+    elsewhere = cache / f'training-z.u16.{int(gone.stdout)}@another-machine.tmp'
+    for f in (dead, alive, elsewhere):
+        f.write_bytes(b'half')
+    corpus.load(project / 'corpus.txt', None, seq_len=16)
+    # the one whose writer is gone goes; one being written, or written on another machine, stays;
+    # the cache written now left no temporary file of its own
+    assert sorted(cache.glob('*.tmp')) == sorted([alive, elsewhere])

@@ -175,6 +175,8 @@ def test_kill_9_mid_checkpoint_leaves_the_previous_one(tmp_path, monkeypatch):
     child = [r for r in run_dirs(project, 'kill') if r != run_dir][0]
     # the parent's checkpoint is not copied into the child
     assert checkpoint_steps(child) == [2 * steps[0]]
+    # and what the killed writer left is gone, now that it is
+    assert not list(run_dir.glob('.checkpoint-*.tmp'))
 
 
 BAD_RESUMES = [

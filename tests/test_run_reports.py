@@ -94,3 +94,68 @@ def test_unknown_writer_is_one_line(tmp_path):
     assert result.stderr.strip().splitlines() == [
         "error: unknown writer 'tensorbord'; choose from: screen, sqlite, web_api, tensorboard, file"]
     assert run_dirs(project, 'gpt') == []
+
+
+def test_runs_shows_status_duration_parent_tokens_and_best_loss(project, monkeypatch, capsys):
+    import shutil
+    import signal as signals
+    import torch
+    from gpt_experiment import runs
+    from gpt_experiment.main import run
+
+    args = {**SHORT, 'epochs': 1}
+    main(dict(args), name='done', writers='sqlite')
+    (done,) = run_dirs(project, 'done')
+    main({'epochs': 2}, resume=done.name[:6], writers='sqlite')
+    child = [r for r in run_dirs(project, 'done') if r != done][0]
+
+    real = torch.nn.functional.cross_entropy
+
+    def failing(at, how):
+        calls = []
+
+        def cross_entropy(*a, **k):
+            if torch.is_grad_enabled():
+                calls.append(1)
+                if len(calls) == at:
+                    if how == 'nan':
+                        return real(*a, **k) * float('nan')
+                    os.kill(os.getpid(), signals.SIGTERM)
+            return real(*a, **k)
+        return cross_entropy
+    cli = [f'{k}={v}' for k, v in args.items()] + ['--writers', 'sqlite', '--name']
+    monkeypatch.setattr(torch.nn.functional, 'cross_entropy', failing(5, 'nan'))
+    assert run(cli + ['nan']) == 3
+    monkeypatch.setattr(torch.nn.functional, 'cross_entropy', failing(5, 'term'))
+    assert run(cli + ['stopped']) == 143
+    monkeypatch.setattr(torch.nn.functional, 'cross_entropy', real)
+
+    # a run whose process is gone without saying how it ended (kill -9), and one still running
+    gone = subprocess.run([sys.executable, '-c', 'import os; print(os.getpid())'], capture_output=True, text=True)
+    for name, pid in (('killed', int(gone.stdout)), ('running', os.getpid())):
+        copy = done.parent / f'{name}0000'
+        shutil.copytree(done, copy)
+        (copy / 'run_log.jsonl').unlink()
+        for f in (copy / 'pids').iterdir():
+            started = f.stat()
+            f.write_text(str(pid))
+            os.utime(f, (started.st_atime, started.st_mtime))
+
+    listed = {r.path: r for r in runs.list_runs(project / 'logs')}
+    status = {path.parent.name if path.parent.name != 'done' else path.name: r.status for path, r in listed.items()}
+    assert status == {done.name: 'completed', child.name: 'completed', 'killed0000': 'crashed',
+                      'running0000': 'running', 'nan': 'non-finite', 'stopped': 'interrupted'}
+    step = checkpoint_steps(done)[-1]
+    assert listed[done].parent is None and listed[child].parent == done.name
+    # tokens trained by each run: the resumed one from its parent's checkpoint on
+    assert listed[done].tokens == step and listed[child].tokens == step
+    assert listed[child].best_valid_loss == min(v for _, v in read_scalars(child, 'loss.valid'))
+    assert all(r.seconds is not None and r.seconds >= 0 for r in listed.values()), [(r.path.name, r.status, r.seconds) for r in listed.values()]
+    # and the listing shows it
+    capsys.readouterr()
+    assert runs.main([]) == 0
+    out = capsys.readouterr().out
+    rows = {line.split()[0]: line.split() for line in out.splitlines()[1:]}
+    assert child.name in rows, out
+    assert rows[child.name][4:7] == ['completed', rows[child.name][5], done.name]
+    assert re.fullmatch(r'\d+:\d\d:\d\d', rows[child.name][5])
