@@ -78,7 +78,7 @@ def load_corpus(path: Path, tokenizer: Callable, *, seq_len: int, valid_path: Op
     """
     Split a corpus 90/10 (or take the validation text from `valid_path`) into labml's
     `TextDataset`, which builds the vocabulary over both splits, or takes `vocabulary` (a
-    resumed run's), which must hold every character of the corpus.
+    saved tokenizer of a run being resumed or fine-tuned), which must hold every character of the corpus.
     """
     with monit.section('Load data'):
         text = read_text(path)
@@ -106,7 +106,7 @@ def check_vocabulary(vocabulary: CharacterTokenizer, path: Path, texts: Iterable
     missing = sorted({c for text in texts for c in vocabulary.unknown(text)})
     if missing:
         shown = ' '.join(map(repr, missing[:10])) + (f' and {len(missing) - 10} more' if len(missing) > 10 else '')
-        raise UserError(f'{path} has characters that are not in the resumed run\'s vocabulary: {shown}; '
+        raise UserError(f'{path} has characters that are not in the vocabulary of the run it continues from: {shown}; '
                         f'a run keeps its tokenizer')
 
 

@@ -77,10 +77,12 @@ def main(overrides: Optional[Dict[str, Any]] = None, *, name: Optional[str] = No
             checkpoints.remove_partial_checkpoints(parent)
         # The run's tokenizer, as it saved it: the corpus is encoded with it, never rebuilt.
         run_tokenizer = runs.load_tokenizer(parent)
+        given = cli.check_overrides(Configs, runs.given_configs(parent))
+        defaults = cli.config_keys(Configs)
         for key in TOKENIZER_KEYS:
-            if key in overrides and str(overrides[key]) != str(runs.config_value(parent, key)):
+            if key in overrides and overrides[key] != given.get(key, defaults[key].default):
                 raise UserError(f'{key} cannot change when resuming: run {parent.name} keeps its tokenizer.json')
-        overrides = {**cli.check_overrides(Configs, runs.given_configs(parent)), **overrides}
+        overrides = {**given, **overrides}
         if name is None and parent.parent.name != 'gpt':
             # the continuation goes beside its parent
             experiment.create(name=parent.parent.name, comment=comment, python_file=project_path(), **ranks)

@@ -4,14 +4,19 @@ global batch; only rank 0 writes checkpoints and tracks, and both ranks share on
 """
 
 import os
+import signal
+import socket
+import sqlite3
 import subprocess
 import sys
+import time
 
+import pytest
 import torch
 
 from gpt_experiment.train import main
 
-from conftest import REPO_ROOT, TINY, checkpoint_steps, run_dirs, write_project
+from conftest import REPO_ROOT, TINY, checkpoint_steps, read_scalars, run_dirs, write_project
 
 # seq_len 18 cuts the training text into 230 windows: 28 batches of 8 and one of 6, which
 # all split evenly between two ranks.
@@ -80,3 +85,103 @@ def test_ranks_split_every_batch_of_the_same_order():
     # the seed, not the global generator, sets the order
     torch.manual_seed(0)
     assert not torch.equal(batches(0, 1, seed=6)[0][0], whole[0])
+
+
+# A rank that says where it is (its pid, for signals) and how it ended (its status and step).
+STOPPED_DRIVER = r'''
+import os, sys
+from labml import tracker
+from gpt_experiment.main import run
+rank = os.environ['RANK']
+open(f'pid{rank}', 'w').write(str(os.getpid()))
+status = run(sys.argv[1:])
+open(f'ended{rank}', 'w').write(f'{status} {tracker.get_global_step()}')
+sys.exit(status)
+'''
+
+
+def _wait_for(condition, seconds, proc):
+    deadline = time.time() + seconds
+    while time.time() < deadline and proc.poll() is None:
+        if condition():
+            return True
+        time.sleep(0.2)
+    return condition()
+
+
+@pytest.mark.parametrize('target, sig', [('torchrun-group', signal.SIGINT), ('torchrun', signal.SIGTERM),
+                                         ('rank0', signal.SIGINT), ('rank1', signal.SIGTERM),
+                                         ('ranks', signal.SIGTERM)])
+def test_a_stop_under_torchrun_stops_every_rank_at_the_same_step(tmp_path, target, sig):
+    project = write_project(tmp_path / 'project')
+    (project / 'driver.py').write_text(STOPPED_DRIVER, encoding='utf-8')
+    args = [f'{k}={v}' for k, v in {**DDP, 'epochs': 1000, 'log_interval': 1, 'checkpoint_minutes': 0}.items()]
+    env = dict(os.environ, PYTHONPATH=str(REPO_ROOT), OMP_NUM_THREADS='1')
+    # its own process group, as a terminal's foreground job
+    proc = subprocess.Popen([sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node=2',
+                             'driver.py', *args, '--name', 'stop', '--writers', 'sqlite'], cwd=project, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        assert _wait_for(lambda: (runs := run_dirs(project, 'stop')) and len(read_scalars_safe(runs[0])) >= 3,
+                         240, proc), proc.stderr.read()[-3000:] if proc.poll() is not None else 'no steps'
+        pids = [int((project / f'pid{r}').read_text()) for r in (0, 1)]
+        if target == 'torchrun-group':
+            os.killpg(proc.pid, sig)
+        elif target == 'torchrun':
+            os.kill(proc.pid, sig)
+        else:
+            for r in ((0, 1) if target == 'ranks' else (int(target[-1]),)):
+                os.kill(pids[r], sig)
+        sent = time.time()
+        _, stderr = proc.communicate(timeout=60)
+        assert time.time() - sent < 30, stderr[-3000:]
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+    # every rank stopped after the same step, with the signal's status, and nothing hung
+    ended = [(project / f'ended{r}').read_text().split() for r in (0, 1)]
+    assert ended[0][1] == ended[1][1], ended
+    assert {e[0] for e in ended} <= {'130', '143'}
+    # rank 0 saved the step it stopped at; rank 1 saved nothing
+    rank0, rank1 = run_dirs(project, 'stop')
+    assert checkpoint_steps(rank0)[-1] == int(ended[0][1]) and checkpoint_steps(rank1) == []
+
+
+def read_scalars_safe(run_dir):
+    try:
+        return read_scalars(run_dir, 'loss.train')
+    except (AssertionError, sqlite3.Error):
+        return []
+
+
+def test_two_nodes_on_loopback_match_one_process(tmp_path, monkeypatch):
+    # Two "machines", each a torchrun of one process, meeting at a c10d rendezvous on loopback.
+    project = write_project(tmp_path / 'project')
+    (project / 'driver.py').write_text(DRIVER, encoding='utf-8')
+    with socket.socket() as s:
+        s.bind(('127.0.0.1', 0))
+        port = s.getsockname()[1]
+    env = dict(os.environ, PYTHONPATH=str(REPO_ROOT), OMP_NUM_THREADS='1')
+    nodes = [subprocess.Popen([sys.executable, '-m', 'torch.distributed.run', '--nnodes=2', f'--node_rank={r}',
+                               '--nproc_per_node=1', '--rdzv-backend=c10d', f'--rdzv-endpoint=127.0.0.1:{port}',
+                               '--rdzv-id=loopback', 'driver.py', *[f'{k}={v}' for k, v in DDP.items()]],
+                              cwd=project, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+             for r in (0, 1)]
+    try:
+        errors = [node.communicate(timeout=300)[1] for node in nodes]
+    finally:
+        for node in nodes:
+            node.kill()
+    assert [n.returncode for n in nodes] == [0, 0], [e[-2000:] for e in errors]
+
+    ranks = [torch.load(project / f'rank{r}.pth', weights_only=True) for r in (0, 1)]
+    monkeypatch.chdir(project)
+    single = main(dict(DDP), name='single').model.state_dict()
+    for k in single:
+        assert torch.equal(ranks[0][k], ranks[1][k]), k
+        assert torch.allclose(ranks[0][k], single[k], atol=1e-5, rtol=1e-4), (k, (ranks[0][k] - single[k]).abs().max())
+    # one run: rank 0 of the two saved it
+    assert [r.name.split('.')[1] for r in run_dirs(project, 'ddp')] == ['0', '1']
+    assert checkpoint_steps(run_dirs(project, 'ddp')[0]) == [230 * 18]

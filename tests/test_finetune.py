@@ -117,7 +117,7 @@ BAD = [
      ["transformer.d_model=64 contradicts run {run}, which has transformer.d_model=32: "
       "init_from takes the model's shape from the source run"]),
     (['init_from={run}', 'tokenizer=bpe'], ['tokenizer=bpe contradicts run']),
-    (['init_from={run}', 'text=strange.txt'], ["strange.txt has characters that are not in", "'Q'"]),
+    (['init_from={run}', 'text=strange.txt'], ["strange.txt has characters that are not in the vocabulary of the run it continues from: 'Q'"]),
     (['init_from={run}', '--resume', '{run}'], ['give one']),
 ]
 
