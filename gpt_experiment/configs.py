@@ -222,8 +222,7 @@ class Configs(NLPAutoRegressionConfigs):
         signum = self._stop.signum if self._stop is not None and self._stop.signum else 0
         due = self.is_save_models and 0 < self.checkpoint_minutes * 60 <= time.monotonic() - self._last_save
         if distributed.world().is_distributed:
-            # on the model's device: NCCL reduces CUDA tensors only
-            signum, due = distributed.all_reduce_max(torch.tensor([signum, int(due)], device=self.device)).tolist()
+            signum, due = distributed.agree_max([signum, int(due)])
         if not (signum or due):
             return
         # Report (and check) the steps since the last report, here, where labml still names

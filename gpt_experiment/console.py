@@ -141,3 +141,14 @@ def report_line():
     finally:
         for c in consoles:
             c.committing = False
+
+
+def progress(label: str, done: int, total: int):
+    """A progress bar on stderr, redrawn in place, when stderr is a terminal (and nothing otherwise)."""
+    if not sys.stderr.isatty():
+        return
+    width = 30
+    filled = width * done // max(total, 1)
+    sys.stderr.write(f'{CLEAR_LINE}{label} [{"#" * filled}{"." * (width - filled)}] {done:,}/{total:,}'
+                     + ('\n' if done >= total else ''))
+    sys.stderr.flush()

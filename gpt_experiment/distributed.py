@@ -18,13 +18,17 @@ torchrun starts one process per rank and tells each its place in `RANK`, `WORLD_
   equal slices the mean of the ranks' mean losses is the loss of the whole batch, and the
   update is the one a single process would make on it.
 
+* agrees with the others, at every training step, whether any of them was asked to stop
+  (Ctrl-C, SIGTERM) or is due a timed checkpoint (`agree_max`, over a CPU group even beside
+  NCCL), so that a signal reaching any process stops all of them after the same step.
+
 Only rank 0 prints, tracks, samples and writes checkpoints; the others are silent.
 Without torchrun (`RANK` and `WORLD_SIZE` unset) everything here is a no-op and there is one process.
 """
 
 import os
 import sys
-from typing import NamedTuple, Optional
+from typing import List, NamedTuple, Optional
 
 import torch
 import torch.distributed as dist
@@ -46,6 +50,8 @@ class World(NamedTuple):
 
 
 _world = World()
+# The CPU group of control messages beside NCCL; `None` is the default group (gloo on CPU)
+_control = None
 
 
 def world() -> World:
@@ -63,6 +69,10 @@ def setup() -> World:
     if torch.cuda.is_available():
         torch.cuda.set_device(local_rank)
         dist.init_process_group('nccl')
+        # Small control messages (a stop, a checkpoint due) go through a CPU group beside NCCL,
+        # so that agreeing on them at every step never waits for the GPU.
+        global _control
+        _control = dist.new_group(backend='gloo')
     else:
         dist.init_process_group('gloo')
     _world = World(rank, size, local_rank, is_distributed=True)
@@ -103,15 +113,16 @@ def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
     return t
 
 
-def all_reduce_max(t: torch.Tensor) -> torch.Tensor:
-    """The largest value of each element over the ranks (in place); itself with one process."""
+def agree_max(values: List[int]) -> List[int]:
+    """The largest of each value over the ranks (on the CPU, never waiting for a GPU); themselves with one process."""
+    t = torch.tensor(values, dtype=torch.int64)
     if _world.is_distributed:
-        dist.all_reduce(t, op=dist.ReduceOp.MAX)
-    return t
+        dist.all_reduce(t, op=dist.ReduceOp.MAX, group=_control)
+    return t.tolist()
 
 
 def teardown():
-    global _world
+    global _world, _control
     if dist.is_initialized():
         dist.destroy_process_group()
-    _world = World()
+    _world, _control = World(), None

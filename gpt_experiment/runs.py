@@ -2,7 +2,9 @@
 # The run store
 
 ```
-python -m gpt_experiment.runs [NAME]
+gpt-runs [NAME]                            (or python -m gpt_experiment.runs)
+gpt-runs plot RUN [RUN ...] [-o curves.png]
+gpt-runs compare RUN RUN [RUN ...]
 ```
 
 labml keeps each run in `logs/<name>/<uuid>/` (`<uuid>.<rank>/` for each process of a
@@ -218,6 +220,12 @@ def scalars(run_dir: Path, indicator: str) -> List[Tuple[int, float]]:
     return _sqlite(run_dir, 'SELECT step, value FROM scalars WHERE indicator = ? ORDER BY step', indicator)
 
 
+def best_valid(run_dir: Path) -> Optional[Tuple[int, float]]:
+    """`(step, loss)` of the lowest validation loss the run recorded, or `None`."""
+    valid = scalars(run_dir, 'loss.valid')
+    return min(valid, key=lambda sv: sv[1]) if valid else None
+
+
 def last_step(run_dir: Path) -> Optional[int]:
     """The last global step with a tracked value."""
     rows = _sqlite(run_dir, 'SELECT MAX(step) FROM scalars')
@@ -294,14 +302,14 @@ def read_run(run_dir: Path) -> Run:
     """Everything the listing shows of a run; a damaged file is a `UserError` that names it."""
     info = run_info(run_dir)
     state = status(run_dir)
-    valid = scalars(run_dir, 'loss.valid')
+    best = best_valid(run_dir)
     last = last_step(run_dir)
     start = int(info.get('start_step') or 0)
     return Run(uuid=uuid_of(run_dir), name=run_dir.parent.name,
                start=f"{info.get('trial_date', '')} {info.get('trial_time', '')}".strip(),
                status=state, seconds=_duration(run_dir, state),
                parent=info.get('load_run') or None, tokens=None if last is None else last - start,
-               best_valid_loss=min(v for _, v in valid) if valid else None,
+               best_valid_loss=best[1] if best else None,
                checkpoints=checkpoint_steps(run_dir), path=run_dir)
 
 
@@ -341,6 +349,10 @@ def main(argv: Optional[List[str]] = None) -> int:
         print(__doc__.split('```')[1].strip())
         return 0
     try:
+        if argv and argv[0] in ('plot', 'compare'):
+            # `gpt-runs plot RUN ...`, `gpt-runs compare RUN RUN` ([compare](compare.html))
+            from . import compare
+            return compare.main(argv[0], argv[1:])
         if argv and not checkpoints.is_plain_name(argv[0]):
             raise UserError(f'not an experiment name: {argv[0]!r}')
         logs = logs_path()

@@ -18,14 +18,12 @@ from . import runs
 
 def summarize(run_dir: Path, *, tokens: int, seconds: float, dashboard_url: Optional[str]) -> str:
     valid = runs.scalars(run_dir, 'loss.valid')
-    if valid:
-        step, loss = min(valid, key=lambda sv: sv[1])
-        best = f'{loss:.4f} at step {step:,}'
-    else:
-        best = '- (no validation loss recorded)'
+    best = runs.best_valid(run_dir)
     ckpts = runs.checkpoint_steps(run_dir)
     lines = [
-        ('best valid loss', best),
+        ('best valid loss', f'{best[1]:.4f} at step {best[0]:,}' if best else '- (no validation loss recorded)'),
+        # with `valid_batches`, the only one over the whole validation split
+        ('last valid loss', f'{valid[-1][1]:.4f} at step {valid[-1][0]:,}' if valid else '-'),
         ('tokens/s', f'{tokens / seconds:,.0f} ({tokens:,} tokens)' if seconds > 0 else '-'),
         ('wall time', f'{seconds:.1f} s'),
         ('checkpoints', f'{run_dir / "checkpoints"}' + (f' (steps {", ".join(map(str, ckpts))})' if ckpts else ' (none)')),

@@ -13,7 +13,7 @@ import zipfile
 
 from conftest import REPO_ROOT
 
-COMMANDS = {'gpt-train', 'gpt-generate', 'gpt-runs', 'gpt-dashboard'}
+COMMANDS = {'gpt-train', 'gpt-generate', 'gpt-evaluate', 'gpt-runs', 'gpt-dashboard'}
 
 
 def _project():

@@ -27,6 +27,7 @@ def test_summary_and_runs_listing(project, capsys):
     valid = read_scalars(run, 'loss.valid')
     step, best = min(valid, key=lambda sv: sv[1])
     assert re.search(rf'best valid loss:\s+{best:.4f} at step {step:,}', out), out[-2000:]
+    assert re.search(rf'last valid loss:\s+{valid[-1][1]:.4f} at step {valid[-1][0]:,}', out), out[-2000:]
     tokens = checkpoint_steps(run)[-1]
     assert re.search(rf'tokens/s:\s+[\d,]+ \({tokens:,} tokens\)', out)
     assert re.search(r'wall time:\s+[\d.]+ s', out)

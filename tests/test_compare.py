@@ -1,0 +1,54 @@
+"""`gpt-runs plot` and `gpt-runs compare`, on runs made here."""
+
+import pytest
+
+from gpt_experiment import runs
+from gpt_experiment.train import main
+
+from conftest import TINY, run_dirs
+
+
+@pytest.fixture
+def two_runs(project):
+    common = {**TINY, 'text': 'corpus.txt', 'epochs': 2, 'inner_iterations': 2, 'sample_tokens': 2}
+    main({**common, 'learning_rate': 1e-3}, name='a', writers='sqlite')
+    main({**common, 'learning_rate': 3e-3}, name='b', writers='sqlite')
+    return run_dirs(project, 'a')[0], run_dirs(project, 'b')[0]
+
+
+def test_compare_prints_the_configs_that_differ_and_the_best_valid_loss(two_runs, capsys):
+    a, b = two_runs
+    capsys.readouterr()
+    assert runs.main(['compare', a.name[:8], b.name]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert a.name[:8] in out[0] and b.name[:8] in out[0]
+    lr = next(line for line in out if line.startswith('learning_rate')).split()
+    assert lr[1:] == ['0.001', '0.003']
+    # configs given to both alike are not shown
+    assert not any(line.startswith(('epochs', 'seq_len')) for line in out)
+    best = [line for line in out if line.startswith('best valid loss')]
+    assert len(best) == 1
+    for run in (a, b):
+        step, loss = min(runs.scalars(run, 'loss.valid'), key=lambda sv: sv[1])
+        assert f'{loss:.4f} at step {step:,}' in best[0]
+
+
+def test_plot_draws_a_png(two_runs, project, capsys):
+    import matplotlib.image
+    a, b = two_runs
+    assert runs.main(['plot', a.name, b.name[:6], '-o', 'curves.png']) == 0
+    png = project / 'curves.png'
+    assert png.read_bytes()[:8] == b'\x89PNG\r\n\x1a\n'
+    assert matplotlib.image.imread(png).shape[:2] == (660, 1080)
+    assert capsys.readouterr().out.strip().endswith('curves.png')
+
+
+def test_plot_and_compare_bad_input_is_one_line(two_runs, capsys):
+    a, _ = two_runs
+    for argv, fragment in [(['compare', a.name], 'needs two runs'),
+                           (['plot', 'ffff'], "no run 'ffff'"),
+                           (['plot', a.name, '-o', '/nonexistent/dir/c.png'], 'cannot write /nonexistent/dir/c.png')]:
+        capsys.readouterr()
+        assert runs.main(argv) == 2
+        err = capsys.readouterr().err
+        assert err.startswith('error: ') and err.count('\n') == 1 and fragment in err, err
