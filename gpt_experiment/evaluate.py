@@ -31,7 +31,6 @@ import io
 import json
 import math
 import sys
-from pathlib import Path
 from typing import Dict, List, Optional
 
 import torch
@@ -39,7 +38,7 @@ import torch.nn.functional as F
 
 from labml import experiment
 
-from . import console, generate, runs
+from . import console, corpus, generate, runs
 from .errors import UserError
 
 
@@ -119,7 +118,8 @@ def evaluate(model: torch.nn.Module, tokenizer, text: str, *, seq_len: int, stri
 def read_text(path: str, tokenizer) -> str:
     """The file's text, refused in one line when it is not UTF-8 or not encodable by the run's tokenizer."""
     try:
-        text = Path(path).read_text(encoding='utf-8')
+        # a FIFO or a device is refused at once, never read
+        text = corpus.regular_file(path).read_text(encoding='utf-8')
     except UnicodeDecodeError as e:
         raise UserError(f'{path} is not UTF-8 (byte {e.start})') from None
     except OSError as e:

@@ -7,8 +7,10 @@ python -m gpt_experiment.main configs/finetune_shakespeare.yaml init_from=RUN[:S
 
 `init_from` is a config key like any other ([configs](configs.html)): a run's uuid or a unique
 prefix of it, and optionally `:STEP`, one of its checkpoints (the newest complete one when no
-step is given). The run store ([runs](runs.html)) finds the run and judges the checkpoint, so
-an unknown run, an ambiguous prefix or a damaged checkpoint is one line, as for `--resume`.
+step is given). It takes effect where runs start, in [`train.main`](train.html) (the command
+line, or `main({'init_from': ...})` from Python). The run store ([runs](runs.html)) finds the
+run and judges the checkpoint, so an unknown run, an ambiguous prefix or a damaged checkpoint
+is one line, as for `--resume`.
 
 What the new run takes from the source run, and what it does not:
 
@@ -45,6 +47,7 @@ from .errors import UserError
 SHAPE_KEYS = ('transformer.d_model', 'transformer.n_heads', 'transformer.n_layers',
               'transformer.ffn.d_ff', 'transformer.ffn.activation', 'transformer.ffn.is_gated',
               'transformer.ffn.bias1', 'transformer.ffn.bias2', 'transformer.ffn.bias_gate',
+              'transformer.ffn.glu_variant',
               'transformer.encoder_layer', 'transformer.src_embed', 'tie_embeddings',
               'tokenizer', 'bpe_vocab_size', 'bpe_train_bytes')
 
@@ -106,6 +109,6 @@ def load_weights(model: torch.nn.Module, source: Source):
     try:
         model.load_state_dict(state)
     except (RuntimeError, KeyError, ValueError, TypeError) as e:
-        # A difference the keys above do not name (such as a vocabulary of another size).
+        # A difference that the keys above do not name.
         raise UserError(f'init_from: the weights of {source.checkpoint} do not fit this model '
                         f'({checkpoints._detail(e)}); the model\'s shape comes from the source run') from None

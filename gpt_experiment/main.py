@@ -15,6 +15,7 @@ finishes the step, saves a checkpoint and exits 130 or 143 ([stops](stops.html))
 """
 
 import argparse
+import sqlite3
 import sys
 from typing import List, Optional
 
@@ -75,6 +76,10 @@ def run(argv: Optional[List[str]] = None) -> int:
     except OSError as e:
         # labml's own files (run.yaml, configs.yaml, the logs) on a full disk or a read-only folder
         print(f'error: cannot write {e.filename or "the run"}: {e.strerror or e}', file=sys.stderr)
+        return 2
+    except sqlite3.OperationalError as e:
+        # labml's `sqlite.db` of tracked values, likewise ("database or disk is full")
+        print(f'error: cannot write the run\'s sqlite.db: {e}', file=sys.stderr)
         return 2
     finally:
         distributed.teardown()

@@ -18,8 +18,7 @@ import torch
 from labml_helpers.train_valid import BatchIndex
 from labml_nn.optimizers.adam_warmup_cosine_decay import AdamWarmupCosineDecay
 
-from gpt_experiment import Configs
-from gpt_experiment import optimizer as optimizers
+from gpt_experiment.metrics import StepMetrics
 from gpt_experiment.optimizer import FusedAdamWarmupCosineDecay
 from gpt_experiment.sampling import generate as decode, make_sampler
 from gpt_experiment.train import main
@@ -38,15 +37,22 @@ CUDA = {'device.use_cuda': True}
 
 @pytest.fixture
 def recorded(monkeypatch):
-    """`{id(configs): [(loss, logits dtype), ...]}` of every training or validation step from now on."""
-    steps = {}
-    accumulate = Configs._accumulate
+    """`[(loss, logits dtype), ...]` of every training or validation step from now on."""
+    steps = []
+    add = StepMetrics.add
 
-    def recording(self, loss, output, target):
-        steps.setdefault(id(self), []).append((loss.item(), output.dtype))
-        accumulate(self, loss, output, target)
-    monkeypatch.setattr(Configs, '_accumulate', recording)
+    def recording(self, step, loss, output, target):
+        steps.append((loss.item(), output.dtype))
+        add(self, step, loss, output, target)
+    monkeypatch.setattr(StepMetrics, 'add', recording)
     return steps
+
+
+def _losses(recorded):
+    """The losses recorded so far, and none of them afterwards."""
+    losses = [loss for loss, _ in recorded]
+    recorded.clear()
+    return losses
 
 
 def _train_steps(conf, batches):
@@ -82,8 +88,9 @@ def test_fast_path_matches_labml_recipe_in_fp32(tiny_configs, recorded):
         torch.testing.assert_close(fast.model(x)[0], stock.model(x)[0], rtol=1e-5, atol=1e-5)
 
     _train_steps(stock, batches)
+    stock_losses = _losses(recorded)
     _train_steps(fast, batches)
-    stock_losses, fast_losses = ([loss for loss, _ in recorded[id(c)]] for c in (stock, fast))
+    fast_losses = _losses(recorded)
     assert stock_losses == pytest.approx(fast_losses, rel=1e-5)
     # and they trained: the last loss is well below the first
     assert fast_losses[-1] < fast_losses[0] - 0.3
@@ -98,7 +105,7 @@ def test_mixed_precision_training_lowers_the_loss(project, recorded, dtype):
                  'is_save_models': False, 'dtype': dtype}, name=dtype)
     assert conf.device.type == 'cuda'
     # the forward pass ran in the low precision
-    assert {d for _, d in recorded[id(conf)]} == {getattr(torch, dtype)}
+    assert {d for _, d in recorded} == {getattr(torch, dtype)}
     (run_dir,) = run_dirs(project, dtype)
     losses = [v for _, v in read_scalars(run_dir, 'loss.train')]
     valid = [v for _, v in read_scalars(run_dir, 'loss.valid')]
@@ -157,8 +164,9 @@ def test_compiled_steps_match_eager_steps(tiny_configs, recorded):
     compiled.model.load_state_dict(eager.model.state_dict())
     batches = list(eager.train_loader)[:8]
     _train_steps(eager, batches)
+    eager_losses = _losses(recorded)
     _train_steps(compiled, batches)
-    eager_losses, compiled_losses = ([loss for loss, _ in recorded[id(c)]] for c in (eager, compiled))
+    compiled_losses = _losses(recorded)
     assert compiled_losses == pytest.approx(eager_losses, rel=1e-4)
     _assert_same_parameters(eager.model, compiled.model)
 

@@ -184,7 +184,25 @@ def test_cache_leftovers_of_gone_writers_are_removed(project, monkeypatch):
     elsewhere = cache / f'training-z.u16.{int(gone.stdout)}@another-machine.tmp'
     for f in (dead, alive, elsewhere):
         f.write_bytes(b'half')
-    corpus.load(project / 'corpus.txt', None, seq_len=16)
+    corpus.load(corpus.source(project / 'corpus.txt'), None, seq_len=16)
     # the one whose writer is gone goes; one being written, or written on another machine, stays;
     # the cache written now left no temporary file of its own
     assert sorted(cache.glob('*.tmp')) == sorted([alive, elsewhere])
+
+
+def test_a_full_disk_under_the_tracker_is_one_line(project, monkeypatch, capsys):
+    # labml's sqlite writer, made to fail as it does on a full disk
+    from labml.internal.tracker.writers import sqlite as labml_sqlite
+    real, writes = labml_sqlite.Writer.write, []
+
+    def write(self, **kwargs):
+        writes.append(1)
+        if len(writes) > 3:
+            raise sqlite3.OperationalError('database or disk is full')
+        return real(self, **kwargs)
+    monkeypatch.setattr(labml_sqlite.Writer, 'write', write)
+    args = [f'{k}={v}' for k, v in ARGS.items()] + ['epochs=2', '--name', 'fulldb', '--writers', 'sqlite']
+    capsys.readouterr()
+    assert run(args) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["error: cannot write the run's sqlite.db: database or disk is full"]
