@@ -50,8 +50,9 @@ from labml import experiment, tracker  # noqa: E402
 
 from gpt_experiment import Configs, corpus  # noqa: E402
 from gpt_experiment.optimizer import clip_grad_norm_  # noqa: E402
-from gpt_experiment.cli import check_overrides, overrides_from_args  # noqa: E402
-from gpt_experiment.train import compute_ahead, project_path  # noqa: E402
+from gpt_experiment.overrides import check_overrides, overrides_from_args  # noqa: E402
+from gpt_experiment.runs import project_path  # noqa: E402
+from gpt_experiment.training import compute_ahead  # noqa: E402
 
 SHAPES = {
     'small': dict(n_layers=4, d_model=128, n_heads=4, d_ff=512, seq_len=64, batch=12, dropout=0.0),

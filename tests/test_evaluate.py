@@ -14,14 +14,14 @@ import torch
 import torch.nn.functional as F
 
 from gpt_experiment import evaluate, generate, runs
-from gpt_experiment.train import main
+from gpt_experiment import train
 
 from conftest import PARAGRAPH, REPO_ROOT, TINY, run_dirs
 
 
 @pytest.fixture
 def char_run(project):
-    main({**TINY, 'text': 'corpus.txt', 'epochs': 1, 'inner_iterations': 1, 'sample_tokens': 2},
+    train({**TINY, 'text': 'corpus.txt', 'epochs': 1, 'inner_iterations': 1, 'sample_tokens': 2},
          name='ev', writers='sqlite')
     return run_dirs(project, 'ev')[0]
 
@@ -88,7 +88,7 @@ def test_bad_files_are_one_line(char_run, project):
 
 
 def test_bits_per_byte_counts_utf8_bytes_with_bpe(project):
-    main({**TINY, 'text': 'corpus.txt', 'epochs': 1, 'inner_iterations': 1, 'sample_tokens': 2,
+    train({**TINY, 'text': 'corpus.txt', 'epochs': 1, 'inner_iterations': 1, 'sample_tokens': 2,
           'tokenizer': 'bpe', 'bpe_vocab_size': 300}, name='bpe', writers='sqlite')
     run = run_dirs(project, 'bpe')[0]
     (project / 'accents.txt').write_text('Déjà vu, café crème. ' * 8, encoding='utf-8')
