@@ -9,6 +9,14 @@ trains it; `python -m gpt_experiment.main` ([main](main.html)) is the command li
 
 from .configs import Configs
 from .errors import UserError
-from .training import train
 
 __all__ = ['Configs', 'UserError', 'train']
+
+
+def __getattr__(name):
+    # `train` is imported on first use: imported here, it would import the run store and the
+    # dashboard before `python -m gpt_experiment.runs` (or `.dashboard`) runs them as scripts.
+    if name == 'train':
+        from .training import train
+        return train
+    raise AttributeError(f'module {__name__!r} has no attribute {name!r}')
