@@ -19,7 +19,6 @@ import pytest
 import torch
 
 import gpt_experiment.checkpoints as checkpoints
-import gpt_experiment.configs as configs
 from gpt_experiment.main import run
 from gpt_experiment.runs import find_checkpoint
 from gpt_experiment import train
@@ -124,7 +123,7 @@ def test_a_checkpoint_every_checkpoint_minutes(project, monkeypatch):
             clock[0] += 60
         return real(*args, **kwargs)
     monkeypatch.setattr(torch.nn.functional, 'cross_entropy', cross_entropy)
-    monkeypatch.setattr(configs, 'time', types.SimpleNamespace(monotonic=lambda: clock[0]))
+    monkeypatch.setattr(checkpoints, 'time', types.SimpleNamespace(monotonic=lambda: clock[0]))
 
     train({**ARGS, 'epochs': 1, 'checkpoint_minutes': 3}, name='timed', writers='sqlite')
     steps = checkpoint_steps(run_dirs(project, 'timed')[0])
