@@ -31,7 +31,8 @@ from labml_nn.experiments.nlp_autoregression import NLPAutoRegressionConfigs
 from labml_nn.optimizers.configs import OptimizerConfigs
 from labml_nn.transformers import TransformerConfigs
 
-from . import attention, batches, corpus, distributed, gpt1, labml_glue, steps, tokenizers  # noqa: F401 (attention and gpt1 register options)
+from . import attention, gpt1  # noqa: F401 (they register options)
+from . import batches, corpus, distributed, labml_glue, lr_schedule, steps, tokenizers
 from .errors import UserError
 from .model import GPT, crop_positions, init_weights
 from .optimizer import (GPT_OPTIMIZER, DecayRule, decay_groups, gpt_optimizer_configs, linear_weights,
@@ -283,12 +284,14 @@ def transformer_optimizer(c: Configs) -> OptimizerConfigs:
     """
     ### minGPT optimizer
 
-    Warm-up and total length are given in tokens and converted to optimizer steps.
+    Warm-up and total length are given in tokens and epochs, and converted to optimizer steps
+    ([lr_schedule](lr_schedule.html)).
     """
     groups = decay_groups(c.model, c.weight_decay, c.weight_decay_params)
     return gpt_optimizer_configs(groups, weight_decay=c.weight_decay, learning_rate=c.learning_rate,
-                                 d_model=c.transformer.d_model, warmup_tokens=c.warmup_steps,
-                                 tokens_per_step=c.batch_size * c.seq_len, total_steps=c.epochs * len(c.train_loader))
+                                 d_model=c.transformer.d_model,
+                                 warmup=lr_schedule.warmup(c.warmup_steps, c.batch_size * c.seq_len),
+                                 total_steps=lr_schedule.total_steps(c.epochs, len(c.train_loader)))
 
 
 @option(Configs.weight_decay_params, 'linear')
