@@ -13,8 +13,8 @@ training/validation loop, loss, accuracy, periodic samples) and adds, as `@optio
   `valid_loader`: [batches](batches.html) cut from it by index.
 
 The training step is labml_nn's, with its metrics kept on the device: `init`, `step`, `sample`
-and `run` are labml's hooks, and call [steps](steps.html). Values are checked in [checks](checks.html), and what labml does not offer publicly is in
-[labml_glue](labml_glue.html).
+and `run` are labml's hooks, and call [steps](steps.html). Values are checked in
+[checks](checks.html), and what labml does not offer publicly is in [labml_glue](labml_glue.html).
 
 Every value can be overridden with labml's `experiment.configs(conf, overrides)`; the
 defaults are the labml GPT recipe on Tiny Shakespeare.

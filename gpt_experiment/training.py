@@ -16,7 +16,8 @@ from typing import Any, Dict, Iterable, Optional, Union
 
 from labml import experiment, tracker
 
-from . import checkpoints, console, dashboard, distributed, finetune, labml_glue, runs, summary, writers as writers_
+from . import checkpoints, console, dashboard, distributed, finetune, labml_glue, runs, summary, tokenizers
+from . import writers as writers_
 from . import resume as resume_state
 from .checks import check_configs
 from .configs import Configs
@@ -83,7 +84,7 @@ def train(overrides: Optional[Dict[str, Any]] = None, *, name: Optional[str] = N
             raise UserError('init_from starts a new run from a run\'s weights and --resume continues a run; give one')
         source = finetune.find_source(overrides['init_from'])
         overrides = finetune.with_source_shape(source, overrides)
-        run_tokenizer = runs.load_tokenizer(source.run)
+        run_tokenizer = tokenizers.load(source.run)
     if resume is not None:
         parent = runs.find_run(resume)
         step = int(runs.find_checkpoint(parent, checkpoint).name)
@@ -91,7 +92,7 @@ def train(overrides: Optional[Dict[str, Any]] = None, *, name: Optional[str] = N
             # what a killed writer of the parent left half written
             checkpoints.remove_partial_checkpoints(parent)
         # The run's tokenizer, as it saved it: the corpus is encoded with it, never rebuilt.
-        run_tokenizer = runs.load_tokenizer(parent)
+        run_tokenizer = tokenizers.load(parent)
         given = check_overrides(Configs, runs.given_configs(parent))
         defaults = config_keys(Configs)
         for key in TOKENIZER_KEYS:

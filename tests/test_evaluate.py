@@ -13,7 +13,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from gpt_experiment import evaluate, generate, runs
+from gpt_experiment import evaluate, generate, runs, tokenizers
 from gpt_experiment import train
 
 from conftest import PARAGRAPH, REPO_ROOT, TINY, run_dirs
@@ -44,7 +44,7 @@ def test_windows_score_every_token_once_within_the_context(n, seq_len, stride):
 
 def test_one_window_is_the_model_own_loss(char_run, project):
     text = PARAGRAPH[:17]  # seq_len + 1 characters: one window
-    tokenizer = runs.load_tokenizer(char_run)
+    tokenizer = tokenizers.load(char_run)
     model, conf = generate.load_model(char_run, runs.find_checkpoint(char_run), tokenizer, torch.device('cpu'))
     got = evaluate.evaluate(model, tokenizer, text, seq_len=conf.seq_len, stride=8)
     ids = torch.tensor(tokenizer.encode(text))[:, None]
