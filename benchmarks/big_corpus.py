@@ -26,8 +26,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from labml import experiment  # noqa: E402
 
 from gpt_experiment import Configs  # noqa: E402
-from gpt_experiment.cli import check_overrides  # noqa: E402
-from gpt_experiment.train import project_path  # noqa: E402
+from gpt_experiment.overrides import check_overrides  # noqa: E402
+from gpt_experiment.runs import project_path  # noqa: E402
 
 
 def main():

@@ -23,9 +23,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from labml import experiment  # noqa: E402
 
 from gpt_experiment import Configs  # noqa: E402
-from gpt_experiment.cli import check_overrides, overrides_from_args  # noqa: E402
+from gpt_experiment.overrides import check_overrides, overrides_from_args  # noqa: E402
 from gpt_experiment.sampling import generate, make_sampler  # noqa: E402
-from gpt_experiment.train import project_path  # noqa: E402
+from gpt_experiment.runs import project_path  # noqa: E402
 
 
 def main():

@@ -51,8 +51,9 @@ from labml import experiment, tracker  # noqa: E402
 
 from gpt_experiment import Configs, corpus  # noqa: E402
 from gpt_experiment.optimizer import clip_grad_norm_  # noqa: E402
-from gpt_experiment.cli import check_overrides, overrides_from_args  # noqa: E402
-from gpt_experiment.train import compute_ahead, project_path  # noqa: E402
+from gpt_experiment.overrides import check_overrides, overrides_from_args  # noqa: E402
+from gpt_experiment.runs import project_path  # noqa: E402
+from gpt_experiment.training import compute_ahead  # noqa: E402
 
 import nanogpt  # noqa: E402
 

@@ -18,6 +18,10 @@ So `kill -9` at any moment leaves either the whole checkpoint or none of it; a t
 left by a killed writer is removed the next time the run saves. A full disk or a read-only
 folder is one `UserError` naming the path, and the older checkpoints stay as they were.
 
+When a checkpoint is written: labml's loop saves at the end of every epoch; `Timer` adds one
+every `checkpoint_minutes` of wall clock, and a stopped run saves once more (`save_once`); the
+[steps](steps.html) decide when to call them.
+
 This module also decides which checkpoints are *complete* (`problem`, `is_complete`) and holds
 the one safe loader of everything a run folder holds (`load_tensors`, `load_yaml`,
 `load_json`). Finding runs and choosing their checkpoints is the [run store](runs.html)'s.
@@ -29,13 +33,14 @@ import pathlib
 import re
 import shutil
 import socket
+import time
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional
 
 import torch
 import yaml
 
-from labml import experiment
+from labml import experiment, tracker
 
 from .errors import UserError
 from . import labml_glue
@@ -152,6 +157,27 @@ def install(savers: Dict[str, ModelSaver], *, resumed_step: Optional[int] = None
     """
     labml_glue.set_checkpoint_saver(AtomicCheckpointSaver(labml_glue.checkpoint_path(), skip_step=resumed_step))
     experiment.add_model_savers(savers)
+
+
+class Timer:
+    """Whether `minutes` of wall clock have passed since the last checkpoint (0: never due)."""
+
+    def __init__(self, minutes: float):
+        self.seconds = minutes * 60
+        self.restart()
+
+    def restart(self):
+        """A checkpoint was just saved."""
+        self.last = time.monotonic()
+
+    def due(self) -> bool:
+        return 0 < self.seconds <= time.monotonic() - self.last
+
+
+def save_once():
+    """Save a checkpoint at the current global step unless one is already there."""
+    if not (labml_glue.checkpoint_path() / str(tracker.get_global_step())).exists():
+        experiment.save_checkpoint()
 
 
 def remove_partial_checkpoints(run_dir: Path):

@@ -5,7 +5,7 @@ Every value a user can give is checked here, after labml has applied the overrid
 the run's folder exists: a bad value is one `UserError` line, never a traceback half way
 through building the model, and never a run folder left behind. (The override parser has
 already refused values of the wrong type, numbers that are not finite, and integers past 64
-bits: [cli](cli.html).)
+bits: [overrides](overrides.html).)
 
 The checks read the configs without building the model: its size is estimated from the
 shapes, so that a model too large for the machine is refused with the memory it would need,

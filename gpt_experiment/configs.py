@@ -12,46 +12,35 @@ training/validation loop, loss, accuracy, periodic samples) and adds, as `@optio
 * `text`: a [corpus](corpus.html), read, checked, split and tokenised; `train_loader` and
   `valid_loader`: [batches](batches.html) cut from it by index.
 
-The training step is labml_nn's, with its metrics kept on the device ([metrics](metrics.html)).
-Values are checked in [checks](checks.html), and what labml does not offer publicly is in
-[labml_glue](labml_glue.html).
+The training step is labml_nn's, with its metrics kept on the device: `init`, `step`, `sample`
+and `run` are labml's hooks, and call [steps](steps.html). Values are checked in
+[checks](checks.html), and what labml does not offer publicly is in [labml_glue](labml_glue.html).
 
 Every value can be overridden with labml's `experiment.configs(conf, overrides)`; the
 defaults are the labml GPT recipe on Tiny Shakespeare.
 """
 
-import time
 import warnings
 
 import torch
 
-from labml import experiment, logger, monit, tracker
 from labml.configs import option
-from labml.logger import Text
 from labml_helpers.device import DeviceConfigs
-from labml_helpers.train_valid import BatchIndex, Trainer, hook_model_outputs
+from labml_helpers.train_valid import BatchIndex, Trainer
 from labml_nn.experiments.nlp_autoregression import NLPAutoRegressionConfigs
 from labml_nn.optimizers.configs import OptimizerConfigs
 from labml_nn.transformers import TransformerConfigs
 
-from . import attention, batches, console, corpus, distributed, gpt1, labml_glue, sampling, stops, tokenizers  # noqa: F401 (attention and gpt1 register options)
+from . import attention, gpt1  # noqa: F401 (they register options)
+from . import batches, corpus, distributed, labml_glue, lr_schedule, steps, tokenizers
 from .errors import UserError
-from .metrics import StepMetrics, learning_rate
 from .model import GPT, crop_positions, init_weights
-from .optimizer import (GPT_OPTIMIZER, DecayRule, clip_grad_norm_, decay_groups, gpt_optimizer_configs,
-                        linear_weights, matrix_weights)
+from .optimizer import (GPT_OPTIMIZER, DecayRule, decay_groups, gpt_optimizer_configs, linear_weights,
+                        matrix_weights)
 
 # We replace labml_nn's `tiny_shakespeare` option (a download into `data/`) with the copy in
 # the package; labml warns about the replacement each time a `Configs` is made.
 warnings.filterwarnings('ignore', message='Overriding option for text: tiny_shakespeare')
-
-
-class TrainingInterrupted(Exception):
-    """Raised after the step in progress when a stop was requested (Ctrl-C, SIGTERM); carries the signal."""
-
-    def __init__(self, signum: int):
-        super().__init__(signum)
-        self.signum = signum
 
 
 class Configs(NLPAutoRegressionConfigs):
@@ -155,8 +144,8 @@ class Configs(NLPAutoRegressionConfigs):
 
     # Stop requests (Ctrl-C, SIGTERM) while training ([stops](stops.html))
     _stop = None
-    # When the last checkpoint was saved (`time.monotonic()`)
-    _last_save = 0.0
+    # When a checkpoint is next due, by `checkpoint_minutes` ([checkpoints](checkpoints.html))
+    _checkpoint_timer = None
     # Loss and accuracy since the last report, on the device ([metrics](metrics.html))
     _metrics = None
     # Whole epochs trained (saved in checkpoints, for resume)
@@ -174,157 +163,19 @@ class Configs(NLPAutoRegressionConfigs):
                           ('valid_loader', 'shuffled_valid_loader')):
             labml_glue.withdraw_option(self, key, name)
 
+    # labml_helpers' loop calls these methods; the work is in [steps](steps.html).
+
     def init(self):
-        """
-        labml_nn's set-up without its `Accuracy` state module (we count accuracy on the device)
-        and with forward hooks only when activations are logged, since each hook is a Python
-        call per module per step.
-        """
-        tracker.set_scalar('accuracy.*', True)
-        tracker.set_scalar('loss.*', True)
-        # the numbers people watch ([metrics](metrics.html)), printed in every report
-        for name in ('lr', 'grad_norm', 'tokens_per_second'):
-            tracker.set_scalar(name, True)
-        tracker.set_text('sampled', False)
-        if self.is_log_model_activations:
-            hook_model_outputs(self.mode, self.model, 'model')
+        steps.init(self)
 
     def step(self, batch, batch_idx: BatchIndex):
-        """
-        ### One training or validation step
-
-        The same computation as labml_nn's `NLPAutoRegressionConfigs.step`, but the loss and
-        accuracy stay on the device until a report is due, and the model's gradients are
-        released (`set_to_none`) rather than zero-filled.
-        """
-        if self._metrics is None:
-            self._metrics = StepMetrics()
-        self.model.train(self.mode.is_train)
-        data, target = batch[0].to(self.device), batch[1].to(self.device)
-        if self.mode.is_train:
-            # labml's global step counts tokens, of all the processes.
-            tracker.add_global_step(data.numel() * distributed.world().size)
-
-        with self.mode.update(is_log_activations=batch_idx.is_last and self.is_log_model_activations), \
-                torch.autocast(self.device.type, dtype=self.dtype, enabled=self.dtype != torch.float32):
-            # Validation runs the plain module: compiled, it would be another graph to compile
-            # (without gradients) for a small share of the time.
-            output, *_ = (self.train_model if self.mode.is_train else self.model)(data)
-            loss = self.loss_func(output, target)
-        self._metrics.add(tracker.get_global_step(), loss, output, target)
-
-        if self.mode.is_train:
-            self.grad_scaler.scale(loss).backward()
-            # Clip the true gradients, not the scaled ones.
-            self.grad_scaler.unscale_(self.optimizer)
-            grad_norm = clip_grad_norm_(self.optimizer, self.model.parameters(), max_norm=self.grad_norm_clip)
-            self._metrics.add_grad_norm(grad_norm)
-            self.grad_scaler.step(self.optimizer)
-            self.grad_scaler.update()
-            if batch_idx.is_last and self.is_log_model_params_grads:
-                tracker.add('model', self.model)
-            self.optimizer.zero_grad(set_to_none=True)
-            if batch_idx.is_last and self.valid_batches > 0 and self._epochs_done + 1 >= self.epochs:
-                # The run's last validation, right after this epoch, is over the whole split.
-                self.validator.set_data_loader(self.valid_loader)
-
-        # Report every `log_interval` steps and at the end of each train or valid stretch.
-        ends_stretch = batch_idx.idx + 1 >= (batch_idx.iteration + 1) * batch_idx.total // batch_idx.total_iterations
-        if ends_stretch or (self.mode.is_train and self._metrics.steps >= self.log_interval):
-            self._report()
-        if self.mode.is_train:
-            self._stop_or_save()
-
-    def _stop_or_save(self):
-        """
-        Between two whole optimizer steps: stop when asked (Ctrl-C, SIGTERM), or add a checkpoint
-        when `checkpoint_minutes` have passed since the last one. With several processes the
-        ranks agree first (one tiny all-reduce), whichever of them got the signal or reads the
-        clock, so that they all stop, or save, at the same step.
-        """
-        signum = self._stop.signum if self._stop is not None and self._stop.signum else 0
-        due = self.is_save_models and 0 < self.checkpoint_minutes * 60 <= time.monotonic() - self._last_save
-        if distributed.world().is_distributed:
-            signum, due = distributed.agree_max([signum, int(due)])
-        if not (signum or due):
-            return
-        # Report (and check) the steps since the last report, here, where labml still names
-        # them `loss.train` and `accuracy.train`.
-        if self._metrics is not None:
-            self._report()
-        if signum:
-            raise TrainingInterrupted(signum)
-        experiment.save_checkpoint()
-        self._last_save = time.monotonic()
-
-    def _report(self):
-        """Hand the metrics since the last report to labml's tracker (one device sync)."""
-        metrics, self._metrics = self._metrics, None
-        tracker.add(metrics.report(self.device, 'training' if self.mode.is_train else 'validation'))
-        if self.mode.is_train:
-            tracker.add('lr', learning_rate(self.optimizer))
-        # Piped, each report is one line of the log ([console](console.html)).
-        with console.report_line():
-            tracker.save()
+        steps.step(self, batch, batch_idx)
 
     def sample(self):
-        """Greedy continuation of the prompt, printed and tracked as `sampled` (by rank 0)."""
-        if not distributed.world().is_main:
-            return
-        out = sampling.greedy_continuation(self.model, self.text, self.prompt, n_tokens=self.sample_tokens,
-                                           seq_len=self.seq_len, separator=self.prompt_separator,
-                                           device=self.device)
-        tracker.add({'sampled': self.prompt + ''.join(out)})
-        logger.log([(self.prompt, Text.subtle), (''.join(out), Text.value)])
+        steps.sample(self)
 
     def run(self):
-        """
-        labml's training loop, stopped at step granularity by Ctrl-C or SIGTERM: the step in
-        progress finishes, a checkpoint is saved and the run ends ([stops](stops.html)).
-        """
-        n_params = sum(p.numel() for p in self.model.parameters())
-        logger.log([('Model parameters: ', Text.key), (f'{n_params:,}', Text.value)])
-        # The tokenizer goes with the run, for `generate`.
-        tokenizers.save(self.text.tokenizer, labml_glue.run_path())
-        with monit.section('Initialize'):
-            self.init()
-        _ = self.validator
-        _ = self.trainer
-        with stops.StopRequests() as self._stop:
-            # `iter` installs labml's own SIGINT handler; ours goes back on top for the loop,
-            # and leaving the `with` restores what was there before either.
-            loop = iter(self.training_loop)
-            self._stop.install()
-            try:
-                for _ in _epochs(loop):
-                    # labml's loop has just saved the end of the last epoch
-                    self._last_save = time.monotonic()
-                    self.run_step()
-                    self._epochs_done += 1
-            except TrainingInterrupted as e:
-                labml_glue.close_training_loop()
-                if self.is_save_models:
-                    save_checkpoint_once()
-                saved = 'checkpoint saved' if self.is_save_models else 'no checkpoint (is_save_models=false)'
-                logger.log(f'Stopped at step {tracker.get_global_step():,}; {saved}.', Text.danger)
-                raise stops.interrupted(e.signum) from None
-            finally:
-                self._stop = None
-
-
-def _epochs(loop):
-    """Step labml's `TrainingLoop` without calling `iter` on it again."""
-    while True:
-        try:
-            yield next(loop)
-        except StopIteration:
-            return
-
-
-def save_checkpoint_once():
-    """Save a checkpoint at the current global step unless one is already there."""
-    if not (labml_glue.checkpoint_path() / str(tracker.get_global_step())).exists():
-        experiment.save_checkpoint()
+        steps.run(self)
 
 
 @option(Configs.device, 'device_configs')
@@ -433,12 +284,14 @@ def transformer_optimizer(c: Configs) -> OptimizerConfigs:
     """
     ### minGPT optimizer
 
-    Warm-up and total length are given in tokens and converted to optimizer steps.
+    Warm-up and total length are given in tokens and epochs, and converted to optimizer steps
+    ([lr_schedule](lr_schedule.html)).
     """
     groups = decay_groups(c.model, c.weight_decay, c.weight_decay_params)
     return gpt_optimizer_configs(groups, weight_decay=c.weight_decay, learning_rate=c.learning_rate,
-                                 d_model=c.transformer.d_model, warmup_tokens=c.warmup_steps,
-                                 tokens_per_step=c.batch_size * c.seq_len, total_steps=c.epochs * len(c.train_loader))
+                                 d_model=c.transformer.d_model,
+                                 warmup=lr_schedule.warmup(c.warmup_steps, c.batch_size * c.seq_len),
+                                 total_steps=lr_schedule.total_steps(c.epochs, len(c.train_loader)))
 
 
 @option(Configs.weight_decay_params, 'linear')
@@ -496,13 +349,5 @@ def _valid_loader(c: Configs):
 
 @option(Configs.validator, 'valid_batches')
 def _validator(c: Configs) -> Trainer:
-    """
-    labml_helpers' validator. With `valid_batches=N`, every validation is N batches drawn at
-    random from the split, instead of the stretch's share of it ([batches](batches.html)); `step`
-    hands it the whole split for the run's last validation.
-    """
-    random = c.valid_batches > 0
-    return Trainer(name='Valid', mode=c.mode,
-                   data_loader=batches.RandomBatches(c.valid_loader, c.valid_batches) if random else c.valid_loader,
-                   inner_iterations=1 if random else c.inner_iterations,
-                   state_modules=c.state_modules, is_track_time=c.is_track_time, step=c.step)
+    """labml_helpers' validator, on `valid_batches` random batches when that is set ([steps](steps.html))."""
+    return steps.validator(c)

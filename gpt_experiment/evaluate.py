@@ -38,7 +38,7 @@ import torch.nn.functional as F
 
 from labml import experiment
 
-from . import console, corpus, generate, runs
+from . import console, corpus, generate, runs, tokenizers
 from .errors import UserError
 
 
@@ -141,7 +141,7 @@ def run(argv: Optional[List[str]] = None) -> int:
             experiment.create(name='evaluate', python_file=runs.project_path(), writers=set())
             run_dir = runs.find_run(args.run)
             checkpoint = runs.find_checkpoint(run_dir, args.checkpoint)
-            tokenizer = runs.load_tokenizer(run_dir)
+            tokenizer = tokenizers.load(run_dir)
             text = read_text(args.text, tokenizer)
             model, conf = generate.load_model(run_dir, checkpoint, tokenizer, device)
         stride = conf.seq_len // 2 if args.stride is None else args.stride

@@ -7,8 +7,8 @@ python -m gpt_experiment.main configs/finetune_shakespeare.yaml init_from=RUN[:S
 
 `init_from` is a config key like any other ([configs](configs.html)): a run's uuid or a unique
 prefix of it, and optionally `:STEP`, one of its checkpoints (the newest complete one when no
-step is given). It takes effect where runs start, in [`train.main`](train.html) (the command
-line, or `main({'init_from': ...})` from Python). The run store ([runs](runs.html)) finds the
+step is given). It takes effect where runs start, in [`train`](training.html) (the command
+line, or `train({'init_from': ...})` from Python). The run store ([runs](runs.html)) finds the
 run and judges the checkpoint, so an unknown run, an ambiguous prefix or a damaged checkpoint
 is one line, as for `--resume`.
 
@@ -38,9 +38,10 @@ from typing import Any, Dict, NamedTuple
 
 import torch
 
-from . import checkpoints, cli, runs
+from . import checkpoints, runs
 from .configs import Configs
 from .errors import UserError
+from .overrides import config_keys
 
 # What sizes the weights or gives them their meaning. The tokenizer's keys are among them: the
 # embedding's rows are the source's token ids.
@@ -80,7 +81,7 @@ def source_values(source: Source, keys) -> Dict[str, Any]:
     What the source run had for `keys`: the value labml recorded (given, or set by an option),
     or else the value the key is declared with, which the run then had.
     """
-    declared = cli.config_keys(Configs)
+    declared = config_keys(Configs)
     recorded = runs.config_values(source.run)
     return {key: declared[key].default if recorded.get(key) is None else recorded[key] for key in keys}
 

@@ -115,7 +115,7 @@ def run(argv: Optional[List[str]] = None) -> int:
             experiment.create(name='generate', python_file=runs.project_path(), writers=set())
             run_dir = runs.find_run(args.run) if args.run is not None else runs.newest_run_with_checkpoint()
             checkpoint = runs.find_checkpoint(run_dir, args.checkpoint)
-            tokenizer = runs.load_tokenizer(run_dir)
+            tokenizer = tokenizers.load(run_dir)
             model, conf = load_model(run_dir, checkpoint, tokenizer, device)
         if args.run is None:
             print(f'run {run_dir.parent.name}/{run_dir.name}, checkpoint {checkpoint.name}', file=sys.stderr)

@@ -18,20 +18,16 @@ differ from the labml recipe in a few places. Each is an option here, off by def
   (`weight_decay_params=linear`, the default) decays only the `nn.Linear` weights (both rules
   are in [optimizer](optimizer.html));
 * **a cosine decay to zero** (`optimizer.optimizer=AdamWarmupCosineToZero`): labml_nn's
-  schedule stops at 10% of the maximum learning rate.
+  schedule stops at 10% of the maximum learning rate ([lr_schedule](lr_schedule.html)).
 """
 
 import copy
-import math
-from typing import Dict
 
 import torch
 
 from labml.configs import option
 from labml_nn.transformers import TransformerConfigs
 from labml_nn.transformers.models import TransformerLayer
-
-from .optimizer import FusedAdamWarmupCosineDecay, optimizer_option
 
 
 class PostLNTransformerLayer(TransformerLayer):
@@ -55,21 +51,4 @@ class PostLNTransformerLayer(TransformerLayer):
 def _post_ln_encoder_layer(c: TransformerConfigs):
     return PostLNTransformerLayer(d_model=c.d_model, self_attn=c.encoder_attn, src_attn=None,
                                   feed_forward=copy.deepcopy(c.ffn.ffn), dropout_prob=c.dropout)
-
-
-@optimizer_option
-class AdamWarmupCosineToZero(FusedAdamWarmupCosineDecay):
-    r"""
-    ## Warm-up, then cosine decay to zero
-
-    $\alpha_t = \alpha \frac{t}{w}$ for $t < w$, then
-    $\alpha_t = \frac{\alpha}{2}\big(1 + \cos(\pi \frac{t - w}{T - w})\big)$, which reaches $0$ at
-    the last step $T$ (labml_nn's `AdamWarmupCosineDecay` floors it at $0.1\alpha$).
-    """
-
-    def get_lr(self, state: Dict[str, any], group: Dict[str, any]):
-        if group['warmup'] > state['step']:
-            return 1e-8 + state['step'] * group['lr'] / group['warmup']
-        progress = min(1.0, (state['step'] - group['warmup']) / max(1, group['total_steps'] - group['warmup']))
-        return group['lr'] * 0.5 * (1.0 + math.cos(math.pi * progress))
 

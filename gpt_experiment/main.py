@@ -8,7 +8,7 @@ torchrun --nproc_per_node=N -m gpt_experiment.main [...]
 ```
 
 Presets under `configs/` and `key=value` arguments become one dictionary of overrides for
-[`train.main`](train.html), later ones winning. `--help` lists every config key.
+[`train`](training.html), later ones winning. `--help` lists every config key.
 Bad input, a damaged run or a file that cannot be written is one line on stderr and exit
 status 2; a loss that is not finite stops the run with exit status 3; Ctrl-C or SIGTERM
 finishes the step, saves a checkpoint and exits 130 or 143 ([stops](stops.html)).
@@ -19,11 +19,11 @@ import sqlite3
 import sys
 from typing import List, Optional
 
-from . import cli, distributed, stops, writers
+from . import distributed, overrides, stops, writers
 from .configs import EFFECTIVE_DEFAULTS, Configs
 from .metrics import LossNotFinite
 from .errors import UserError
-from .train import main
+from .training import train
 
 
 class _Parser(argparse.ArgumentParser):
@@ -49,9 +49,9 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     if args.help:
         print(parser.format_help())
         # what a run with these presets and key=value arguments would use
-        given = cli.check_overrides(Configs, cli.overrides_from_args(args.items))
+        given = overrides.check_overrides(Configs, overrides.overrides_from_args(args.items))
         print('config keys (type, value a run would use, registered options):')
-        print(cli.describe(Configs, given, EFFECTIVE_DEFAULTS))
+        print(overrides.describe(Configs, given, EFFECTIVE_DEFAULTS))
         sys.exit(0)
     return args
 
@@ -61,9 +61,9 @@ def run(argv: Optional[List[str]] = None) -> int:
     status on bad input, 130 on Ctrl-C, 143 on SIGTERM."""
     try:
         args = parse_args(argv)
-        main(cli.overrides_from_args(args.items), name=args.name, comment=args.comment,
-             resume=args.resume, checkpoint=args.checkpoint, writers=args.writers,
-             verbose=args.verbose)
+        train(overrides.overrides_from_args(args.items), name=args.name, comment=args.comment,
+              resume=args.resume, checkpoint=args.checkpoint, writers=args.writers,
+              verbose=args.verbose)
     except UserError as e:
         print(f'error: {e}', file=sys.stderr)
         return 2

@@ -2,15 +2,10 @@
 # Optimizer
 
 GPT trains with Adam, a linear warm-up and a cosine decay of the learning rate
-(labml_nn's `AdamWarmupCosineDecay`), and *decoupled* weight decay applied the minGPT way:
-only the weight matrices of `nn.Linear` layers decay. Biases, LayerNorm gains, embeddings
-and positional encodings do not, since pulling them towards zero only hurts.
-
-The warm-up is given in *tokens* in the labml recipe (`warmup_steps = 128 * 128 * 20`), and
-turned into optimizer steps by dividing by the number of tokens in a batch,
-`batch_size * seq_len`. The cosine runs over all the steps of training, `epochs` times the
-batches of an epoch (about `epochs * training tokens / (batch_size * seq_len)`; counting the
-last, partial batch of each epoch keeps the schedule from turning back up at the end).
+(labml_nn's `AdamWarmupCosineDecay`; the schedule is explained in
+[lr_schedule](lr_schedule.html)), and *decoupled* weight decay applied the minGPT way: only
+the weight matrices of `nn.Linear` layers decay. Biases, LayerNorm gains, embeddings and
+positional encodings do not, since pulling them towards zero only hurts.
 """
 
 import math
@@ -63,7 +58,7 @@ GPT_OPTIMIZER = {'optimizer': 'FusedAdamWarmupCosineDecay', 'betas': (0.9, 0.95)
 
 
 def gpt_optimizer_configs(parameters: List[Dict], *, weight_decay: float, learning_rate: float, d_model: int,
-                          warmup_tokens: int, tokens_per_step: int, total_steps: int) -> OptimizerConfigs:
+                          warmup: int, total_steps: int) -> OptimizerConfigs:
     """
     labml_nn's `OptimizerConfigs` set up for GPT, on the parameter groups of `decay_groups`.
     It stays a configs object, so every field can still be overridden from the command line
@@ -78,8 +73,8 @@ def gpt_optimizer_configs(parameters: List[Dict], *, weight_decay: float, learni
     conf.d_model = d_model
     # The group values above win; this is the default for groups that do not set one.
     conf.weight_decay = weight_decay
-    # The warm-up is given in tokens; the optimizer counts steps.
-    conf.warmup = warmup_tokens // tokens_per_step
+    # The schedule's length, in optimizer steps ([lr_schedule](lr_schedule.html))
+    conf.warmup = warmup
     conf.total_steps = total_steps
     return conf
 

@@ -19,8 +19,8 @@ the listing below and any later command go through it:
 * `checkpoint_steps(run_dir)`, `find_checkpoint(run_dir, step)`: its complete checkpoints
   (judged by [checkpoints](checkpoints.html)), and the one to load: `step`, or the newest,
   refusing a damaged newest one with the name of the newest complete one;
-* `load_checkpoint(checkpoint, name)`, `given_configs(run_dir)`, `load_tokenizer(run_dir)`:
-  a checkpoint's file, the configs the run was given, its tokenizer, all read safely;
+* `load_checkpoint(checkpoint, name)`, `given_configs(run_dir)`: a checkpoint's file and the
+  configs the run was given, read safely (its tokenizer: [tokenizers](tokenizers.html)' `load`);
 * `status(run_dir)`, `read_run(run_dir)`, `list_runs(logs)`: what became of a run.
 
 Everything is read back from what labml writes: `run.yaml` (uuid, name, start, `load_run`, the
@@ -42,7 +42,7 @@ import time
 from pathlib import Path
 from typing import Any, Dict, List, NamedTuple, Optional, Tuple
 
-from . import checkpoints, tokenizers
+from . import checkpoints
 from .errors import UserError
 
 # ## Where runs are
@@ -178,17 +178,6 @@ def config_values(run_dir: Path) -> Dict[str, Any]:
 def config_value(run_dir: Path, key: str) -> Any:
     """A config's value as the run recorded it, or `None`."""
     return config_values(run_dir).get(key)
-
-
-def load_tokenizer(run_dir: Path):
-    """The tokenizer the run saved, `tokenizer.json` in its folder."""
-    path = run_dir / tokenizers.FILE_NAME
-    if not path.is_file():
-        raise UserError(f'{path} is missing')
-    try:
-        return tokenizers.from_json(path.read_text(encoding='utf-8'))
-    except Exception as e:  # JSON that is not a tokenizer, or not JSON
-        raise UserError(f'{path} is not a tokenizer ({e.__class__.__name__})') from None
 
 
 def run_info(run_dir: Path) -> Dict[str, Any]:

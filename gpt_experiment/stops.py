@@ -23,6 +23,14 @@ from labml.logger import Text
 SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
+class TrainingInterrupted(Exception):
+    """Raised after the step in progress when a stop was requested; carries the signal."""
+
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum
+
+
 class StopRequests:
     """
     `with StopRequests() as stop:` ... `stop.signum` is the first signal received (or `None`).

@@ -11,8 +11,9 @@ Two ways to turn text into token ids, behind one small interface (`encode`, `dec
   any text encodes, and decoding the ids gives back exactly the text: spaces, newlines,
   accents and emoji included. We add no normaliser and no prefix space for that reason.
 
-A run saves its tokenizer as `tokenizer.json` in the run's folder; the [run store](runs.html)
-loads it back for resuming and generation, without the corpus.
+A run saves its tokenizer as `tokenizer.json` in the run's folder when it starts (`save`), and
+resuming, fine-tuning, `generate` and `evaluate` load it back from there (`load`), without the
+corpus.
 
 `bpe_vocab_size` defaults to 2,048: on a 1 MB corpus such as Tiny Shakespeare a few thousand
 merges already cover the common words (about 2.5 characters a token), while the embedding and
@@ -25,6 +26,8 @@ from pathlib import Path
 from typing import Iterable, List
 
 import numpy as np
+
+from .errors import UserError
 
 
 # The default vocabulary size of the BPE tokenizer, for a corpus of about 1 MB.
@@ -130,6 +133,17 @@ def from_json(s: str):
 def save(tokenizer, folder: Path):
     """Write `tokenizer.json` into `folder` (a run's folder)."""
     (Path(folder) / FILE_NAME).write_text(tokenizer.to_json(), encoding='utf-8')
+
+
+def load(folder: Path):
+    """The tokenizer `save` wrote into `folder`; one line if it is missing or not a tokenizer."""
+    path = Path(folder) / FILE_NAME
+    if not path.is_file():
+        raise UserError(f'{path} is missing')
+    try:
+        return from_json(path.read_text(encoding='utf-8'))
+    except Exception as e:  # JSON that is not a tokenizer, or not JSON
+        raise UserError(f'{path} is not a tokenizer ({e.__class__.__name__})') from None
 
 
 class StreamDecoder:

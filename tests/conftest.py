@@ -68,8 +68,8 @@ def make_configs(overrides: Dict) -> 'Configs':
     """
     from labml import experiment
     from gpt_experiment import Configs
-    from gpt_experiment.cli import check_overrides
-    from gpt_experiment.train import project_path
+    from gpt_experiment.overrides import check_overrides
+    from gpt_experiment.runs import project_path
 
     assert project_path() is not None, 'make_configs needs a labml project as the current directory'
     checked = check_overrides(Configs, overrides)

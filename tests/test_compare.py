@@ -3,7 +3,7 @@
 import pytest
 
 from gpt_experiment import runs
-from gpt_experiment.train import main
+from gpt_experiment import train
 
 from conftest import TINY, run_dirs
 
@@ -11,8 +11,8 @@ from conftest import TINY, run_dirs
 @pytest.fixture
 def two_runs(project):
     common = {**TINY, 'text': 'corpus.txt', 'epochs': 2, 'inner_iterations': 2, 'sample_tokens': 2}
-    main({**common, 'learning_rate': 1e-3}, name='a', writers='sqlite')
-    main({**common, 'learning_rate': 3e-3}, name='b', writers='sqlite')
+    train({**common, 'learning_rate': 1e-3}, name='a', writers='sqlite')
+    train({**common, 'learning_rate': 3e-3}, name='b', writers='sqlite')
     return run_dirs(project, 'a')[0], run_dirs(project, 'b')[0]
 
 

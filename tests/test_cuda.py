@@ -21,7 +21,7 @@ from labml_nn.optimizers.adam_warmup_cosine_decay import AdamWarmupCosineDecay
 from gpt_experiment.metrics import StepMetrics
 from gpt_experiment.optimizer import FusedAdamWarmupCosineDecay
 from gpt_experiment.sampling import generate as decode, make_sampler
-from gpt_experiment.train import main
+from gpt_experiment import train
 
 from conftest import REPO_ROOT, checkpoint_steps, read_scalars, run_dirs, write_project
 from test_distributed import DDP, DRIVER
@@ -99,7 +99,7 @@ def test_fast_path_matches_labml_recipe_in_fp32(tiny_configs, recorded):
 
 @pytest.mark.parametrize('dtype', ['bfloat16', 'float16'])
 def test_mixed_precision_training_lowers_the_loss(project, recorded, dtype):
-    conf = main({**CUDA, 'text': 'corpus.txt', 'transformer.d_model': 32, 'transformer.n_heads': 2,
+    conf = train({**CUDA, 'text': 'corpus.txt', 'transformer.d_model': 32, 'transformer.n_heads': 2,
                  'transformer.n_layers': 1, 'transformer.ffn.d_ff': 64, 'seq_len': 16, 'batch_size': 8,
                  'epochs': 3, 'inner_iterations': 1, 'learning_rate': 3e-3, 'warmup_steps': 1024,
                  'is_save_models': False, 'dtype': dtype}, name=dtype)
@@ -203,18 +203,18 @@ def test_one_process_under_torchrun_trains_through_nccl(tmp_path, monkeypatch):
 
     # the same as one process without torchrun, on the same GPU
     monkeypatch.chdir(project)
-    single = main({**DDP, **CUDA}, name='single').model.state_dict()
+    single = train({**DDP, **CUDA}, name='single').model.state_dict()
     assert trained.keys() == single.keys()
     differences = {k: (trained[k].float() - single[k].cpu().float()).abs().max().item() for k in single}
     assert max(differences.values()) <= 1e-5, differences
 
 
 def test_resume_on_cuda_repeats_the_straight_run(project):
-    straight = main({**RESUME, **CUDA, 'epochs': 2}, name='straight')
-    first = main({**RESUME, **CUDA, 'epochs': 1}, name='resumed')
+    straight = train({**RESUME, **CUDA, 'epochs': 2}, name='straight')
+    first = train({**RESUME, **CUDA, 'epochs': 1}, name='resumed')
     assert straight.device.type == 'cuda'
     (parent,) = run_dirs(project, 'resumed')
-    resumed = main({'epochs': 2}, resume=parent.name)
+    resumed = train({'epochs': 2}, resume=parent.name)
     assert resumed.device.type == 'cuda'
     a, b = _params(straight), _params(resumed)
     for k in a:

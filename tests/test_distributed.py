@@ -14,7 +14,7 @@ import time
 import pytest
 import torch
 
-from gpt_experiment.train import main
+from gpt_experiment import train
 
 from conftest import REPO_ROOT, TINY, checkpoint_steps, read_scalars, run_dirs, write_project
 
@@ -27,9 +27,9 @@ DDP = {**TINY, 'seq_len': 18, 'text': 'corpus.txt', 'epochs': 1, 'inner_iteratio
 DRIVER = r'''
 import sys, torch
 from gpt_experiment import distributed
-from gpt_experiment.cli import overrides_from_args
-from gpt_experiment.train import main
-conf = main(overrides_from_args(sys.argv[1:]), name='ddp')
+from gpt_experiment.overrides import overrides_from_args
+from gpt_experiment import train
+conf = train(overrides_from_args(sys.argv[1:]), name='ddp')
 torch.save(conf.model.state_dict(), f'rank{distributed.world().rank}.pth')
 distributed.teardown()
 '''
@@ -58,7 +58,7 @@ def test_two_processes_match_one(tmp_path, monkeypatch):
     assert (runs[0] / 'sqlite.db').is_file() and not (runs[1] / 'sqlite.db').exists()
 
     monkeypatch.chdir(project)
-    single = main(dict(DDP), name='single').model.state_dict()
+    single = train(dict(DDP), name='single').model.state_dict()
     assert ranks[0].keys() == single.keys()
     for k in single:
         assert torch.allclose(ranks[0][k], single[k], atol=1e-5, rtol=1e-4), (k, (ranks[0][k] - single[k]).abs().max())
@@ -177,7 +177,7 @@ def test_two_nodes_on_loopback_match_one_process(tmp_path, monkeypatch):
 
     ranks = [torch.load(project / f'rank{r}.pth', weights_only=True) for r in (0, 1)]
     monkeypatch.chdir(project)
-    single = main(dict(DDP), name='single').model.state_dict()
+    single = train(dict(DDP), name='single').model.state_dict()
     for k in single:
         assert torch.equal(ranks[0][k], ranks[1][k]), k
         assert torch.allclose(ranks[0][k], single[k], atol=1e-5, rtol=1e-4), (k, (ranks[0][k] - single[k]).abs().max())

@@ -1,6 +1,6 @@
 """
 Bad input is a `UserError`: one line `error: ...` on stderr, exit status 2, no traceback and
-no run folder. Every case runs in-process (through `main()` and the command line's `run()`);
+no run folder. Every case runs in-process (through `train()` and the command line's `run()`);
 a handful also run as `python -m gpt_experiment.main` subprocesses.
 """
 
@@ -11,9 +11,9 @@ from typing import List
 import pytest
 
 from gpt_experiment import UserError
-from gpt_experiment.cli import overrides_from_args
+from gpt_experiment.overrides import overrides_from_args
 from gpt_experiment.main import run
-from gpt_experiment.train import main
+from gpt_experiment import train
 
 from conftest import TINY, run_cli, write_project
 
@@ -128,10 +128,10 @@ def test_bad_input_on_the_command_line(bad_project, capsys, case_id):
 
 @pytest.mark.parametrize('case_id', [c for c in CASE_IDS if c != 'unknown-flag'])
 def test_bad_input_to_main_is_a_user_error(bad_project, case_id):
-    """The same cases through the Python API: `main(overrides)` raises `UserError`."""
+    """The same cases through the Python API: `train(overrides)` raises `UserError`."""
     _, args, fragments = BY_ID[case_id]
     with pytest.raises(UserError) as e:
-        main(overrides_from_args(BASE_ARGS + args), name='bad')
+        train(overrides_from_args(BASE_ARGS + args), name='bad')
     message = str(e.value)
     assert '\n' not in message
     for fragment in fragments:

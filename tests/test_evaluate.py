@@ -13,15 +13,15 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from gpt_experiment import evaluate, generate, runs
-from gpt_experiment.train import main
+from gpt_experiment import evaluate, generate, runs, tokenizers
+from gpt_experiment import train
 
 from conftest import PARAGRAPH, REPO_ROOT, TINY, run_dirs
 
 
 @pytest.fixture
 def char_run(project):
-    main({**TINY, 'text': 'corpus.txt', 'epochs': 1, 'inner_iterations': 1, 'sample_tokens': 2},
+    train({**TINY, 'text': 'corpus.txt', 'epochs': 1, 'inner_iterations': 1, 'sample_tokens': 2},
          name='ev', writers='sqlite')
     return run_dirs(project, 'ev')[0]
 
@@ -44,7 +44,7 @@ def test_windows_score_every_token_once_within_the_context(n, seq_len, stride):
 
 def test_one_window_is_the_model_own_loss(char_run, project):
     text = PARAGRAPH[:17]  # seq_len + 1 characters: one window
-    tokenizer = runs.load_tokenizer(char_run)
+    tokenizer = tokenizers.load(char_run)
     model, conf = generate.load_model(char_run, runs.find_checkpoint(char_run), tokenizer, torch.device('cpu'))
     got = evaluate.evaluate(model, tokenizer, text, seq_len=conf.seq_len, stride=8)
     ids = torch.tensor(tokenizer.encode(text))[:, None]
@@ -88,7 +88,7 @@ def test_bad_files_are_one_line(char_run, project):
 
 
 def test_bits_per_byte_counts_utf8_bytes_with_bpe(project):
-    main({**TINY, 'text': 'corpus.txt', 'epochs': 1, 'inner_iterations': 1, 'sample_tokens': 2,
+    train({**TINY, 'text': 'corpus.txt', 'epochs': 1, 'inner_iterations': 1, 'sample_tokens': 2,
           'tokenizer': 'bpe', 'bpe_vocab_size': 300}, name='bpe', writers='sqlite')
     run = run_dirs(project, 'bpe')[0]
     (project / 'accents.txt').write_text('Déjà vu, café crème. ' * 8, encoding='utf-8')

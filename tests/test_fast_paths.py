@@ -18,7 +18,7 @@ from gpt_experiment import UserError, optimizer as optimizers
 from gpt_experiment.attention import SDPAttention, batch_first
 from gpt_experiment.optimizer import (FusedAdamWarmupCosineDecay, ForeachAdamWarmupCosineDecay, clip_grad_norm_,
                                       decay_groups)
-from gpt_experiment.train import main
+from gpt_experiment import train
 
 from conftest import TINY, checkpoint_steps, make_configs, run_dirs
 
@@ -201,7 +201,7 @@ def test_fused_optimizer_on_a_device_without_the_kernel_takes_the_foreach_path(m
 
 
 def test_bfloat16_and_foreach_options_train(project):
-    conf = main({**TINY, 'text': 'corpus.txt', 'epochs': 1, 'inner_iterations': 1, 'dtype': 'bfloat16',
+    conf = train({**TINY, 'text': 'corpus.txt', 'epochs': 1, 'inner_iterations': 1, 'dtype': 'bfloat16',
                  'optimizer.optimizer': 'ForeachAdamWarmupCosineDecay', 'transformer.encoder_attn': 'sdpa'},
                 name='fast')
     assert conf.dtype == torch.bfloat16
@@ -218,7 +218,7 @@ def test_the_width_is_transformer_d_model_and_the_top_level_key_follows_it(proje
 
 def test_two_runs_in_one_process_each_count_steps_from_zero(project):
     overrides = {**TINY, 'text': 'corpus.txt', 'epochs': 1, 'inner_iterations': 1}
-    main(dict(overrides), name='first')
-    main(dict(overrides), name='second')
+    train(dict(overrides), name='first')
+    train(dict(overrides), name='second')
     first, second = (checkpoint_steps(run_dirs(project, n)[0]) for n in ('first', 'second'))
     assert first == second

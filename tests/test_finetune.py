@@ -13,7 +13,7 @@ from labml import tracker
 from gpt_experiment import generate, runs
 from gpt_experiment.configs import Configs
 from gpt_experiment.main import run
-from gpt_experiment.train import main
+from gpt_experiment import train
 
 from conftest import PARAGRAPH, TINY, read_scalars, run_dirs
 
@@ -32,7 +32,7 @@ def _finetune_text() -> str:
 
 
 def _pretrain(project, epochs=1, **extra):
-    main({**PRETRAIN, 'epochs': epochs, **extra}, name='source')
+    train({**PRETRAIN, 'epochs': epochs, **extra}, name='source')
     (source,) = run_dirs(project, 'source')
     return source
 
@@ -58,7 +58,7 @@ def test_finetune_starts_from_the_source_weights_and_nothing_else(project, monke
     (project / 'finetune.txt').write_text(_finetune_text().replace('z', 'y') * 12)
 
     seen = _first_step(monkeypatch)
-    main({**FINETUNE, 'init_from': source.name[:8]}, name='tuned')
+    train({**FINETUNE, 'init_from': source.name[:8]}, name='tuned')
     (tuned,) = run_dirs(project, 'tuned')
 
     # the weights at step 0 are the source checkpoint's, exactly
@@ -78,7 +78,7 @@ def test_finetune_starts_from_the_source_weights_and_nothing_else(project, monke
 
     # a fine-tuned run resumes, and generates, from its own checkpoints, without its source
     shutil.rmtree(source)
-    main({'epochs': 2}, resume=tuned.name)
+    train({'epochs': 2}, resume=tuned.name)
     assert len(run_dirs(project, 'tuned')) == 2
     capsys.readouterr()
     assert generate.run(['--run', tuned.name, '--prompt', 'It is', '--max-new-tokens', '4']) == 0, \
@@ -89,10 +89,10 @@ def test_finetuned_run_beats_the_same_run_from_scratch(project):
     source = _pretrain(project, epochs=4)
     (project / 'finetune.txt').write_text(_finetune_text() * 12)
 
-    main({**FINETUNE, 'init_from': source.name}, name='tuned')
+    train({**FINETUNE, 'init_from': source.name}, name='tuned')
     # from scratch: the same configs, with the source's shape given explicitly
     shape = {k: v for k, v in TINY.items() if k.startswith('transformer.')}
-    main({**FINETUNE, **shape}, name='scratch')
+    train({**FINETUNE, **shape}, name='scratch')
 
     (tuned,), (scratch,) = run_dirs(project, 'tuned'), run_dirs(project, 'scratch')
     tuned_loss, scratch_loss = read_scalars(tuned, 'loss.valid')[-1][1], read_scalars(scratch, 'loss.valid')[-1][1]
@@ -103,7 +103,7 @@ def test_a_bpe_source_encodes_any_new_text(project):
     source = _pretrain(project, tokenizer='bpe', bpe_vocab_size=300)
     # characters the source never saw: its byte-level BPE still encodes them
     (project / 'finetune.txt').write_text(('Quixotic zebras juggle xylophones! ' + _finetune_text()) * 12)
-    main({**FINETUNE, 'init_from': source.name}, name='tuned')
+    train({**FINETUNE, 'init_from': source.name}, name='tuned')
     (tuned,) = run_dirs(project, 'tuned')
     assert (tuned / 'tokenizer.json').read_text() == (source / 'tokenizer.json').read_text()
 

@@ -9,7 +9,7 @@ import torch
 
 from gpt_experiment import UserError, generate
 from gpt_experiment.sampling import KVCache, generate as decode, make_sampler
-from gpt_experiment.train import main
+from gpt_experiment import train
 
 from conftest import REPO_ROOT, TINY, run_dirs
 
@@ -85,7 +85,7 @@ def test_samplers_compose_and_check_their_arguments():
 
 @pytest.fixture
 def trained_run(project):
-    main({**TINY, 'text': 'corpus.txt', 'epochs': 1, 'inner_iterations': 1, 'sample_tokens': 2}, name='gen')
+    train({**TINY, 'text': 'corpus.txt', 'epochs': 1, 'inner_iterations': 1, 'sample_tokens': 2}, name='gen')
     return run_dirs(project, 'gen')[0]
 
 
@@ -137,8 +137,8 @@ if not torch.cuda.is_available():
 
 def test_generate_defaults_to_the_newest_run_and_its_prompt(project, capsys):
     common = {**TINY, 'text': 'corpus.txt', 'epochs': 1, 'inner_iterations': 1, 'sample_tokens': 2}
-    main({**common, 'prompt': 'the'}, name='older')
-    main({**common, 'prompt': 'When the'}, name='newer')
+    train({**common, 'prompt': 'the'}, name='older')
+    train({**common, 'prompt': 'When the'}, name='newer')
     newest = run_dirs(project, 'newer')[0]
     capsys.readouterr()  # what training printed
     rc, out, err = _generate(['--max-new-tokens', '5', '--temperature', '0'], capsys)
@@ -174,7 +174,7 @@ def test_generate_bad_input_is_one_line(trained_run, capsys):
 
 
 def test_generate_from_the_command_line_with_bpe(project):
-    main({**TINY, 'text': 'corpus.txt', 'epochs': 1, 'inner_iterations': 1, 'sample_tokens': 2,
+    train({**TINY, 'text': 'corpus.txt', 'epochs': 1, 'inner_iterations': 1, 'sample_tokens': 2,
           'tokenizer': 'bpe', 'bpe_vocab_size': 300}, name='bpe')
     run = run_dirs(project, 'bpe')[0]
     assert (run / 'tokenizer.json').is_file()

@@ -10,9 +10,10 @@ from labml import experiment
 
 from gpt_experiment import Configs
 from gpt_experiment.checks import parameter_count
-from gpt_experiment.cli import check_overrides, load_yaml
-from gpt_experiment.train import project_path
-from gpt_experiment.gpt1 import AdamWarmupCosineToZero, PostLNTransformerLayer
+from gpt_experiment.overrides import check_overrides, load_yaml
+from gpt_experiment.runs import project_path
+from gpt_experiment.gpt1 import PostLNTransformerLayer
+from gpt_experiment.lr_schedule import AdamWarmupCosineToZero
 from gpt_experiment.optimizer import decay_groups, linear_weights, matrix_weights
 
 from conftest import REPO_ROOT

@@ -19,10 +19,9 @@ import pytest
 import torch
 
 import gpt_experiment.checkpoints as checkpoints
-import gpt_experiment.configs as configs
 from gpt_experiment.main import run
 from gpt_experiment.runs import find_checkpoint
-from gpt_experiment.train import main
+from gpt_experiment import train
 
 from conftest import REPO_ROOT, TINY, checkpoint_steps, read_scalars, run_dirs, write_project
 
@@ -96,7 +95,7 @@ def _signal_at_step(n, sig):
 def test_a_stop_leaves_nothing_behind(project, monkeypatch, capsys):
     before = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
     # a run that ends normally
-    main({**ARGS, 'epochs': 1}, name='whole', writers='sqlite')
+    train({**ARGS, 'epochs': 1}, name='whole', writers='sqlite')
     assert {s: signal.getsignal(s) for s in before} == before
 
     # one stopped mid-stretch (step 7, two steps after a report), with is_save_models=false
@@ -124,13 +123,13 @@ def test_a_checkpoint_every_checkpoint_minutes(project, monkeypatch):
             clock[0] += 60
         return real(*args, **kwargs)
     monkeypatch.setattr(torch.nn.functional, 'cross_entropy', cross_entropy)
-    monkeypatch.setattr(configs, 'time', types.SimpleNamespace(monotonic=lambda: clock[0]))
+    monkeypatch.setattr(checkpoints, 'time', types.SimpleNamespace(monotonic=lambda: clock[0]))
 
-    main({**ARGS, 'epochs': 1, 'checkpoint_minutes': 3}, name='timed', writers='sqlite')
+    train({**ARGS, 'epochs': 1, 'checkpoint_minutes': 3}, name='timed', writers='sqlite')
     steps = checkpoint_steps(run_dirs(project, 'timed')[0])
     # every third step of 128 tokens, and the end of the epoch
     assert steps[:-1] == [3 * 128 * k for k in range(1, len(steps))] and len(steps) >= 10
-    main({**ARGS, 'epochs': 1, 'checkpoint_minutes': 0}, name='epochs', writers='sqlite')
+    train({**ARGS, 'epochs': 1, 'checkpoint_minutes': 0}, name='epochs', writers='sqlite')
     assert checkpoint_steps(run_dirs(project, 'epochs')[0]) == [steps[-1]]
 
 

@@ -9,20 +9,20 @@ import pytest
 import torch
 
 from gpt_experiment import metrics
-from gpt_experiment.train import main
+from gpt_experiment import train
 
 from conftest import TINY, read_scalars, run_dirs
 
 
 def test_every_training_report_tracks_lr_grad_norm_and_throughput(project):
-    conf = main({**TINY, 'text': 'corpus.txt', 'epochs': 2, 'inner_iterations': 2, 'log_interval': 3,
+    conf = train({**TINY, 'text': 'corpus.txt', 'epochs': 2, 'inner_iterations': 2, 'log_interval': 3,
                  'sample_tokens': 2, 'warmup_steps': 10 * 8 * 16}, name='watch', writers='sqlite')
     run = run_dirs(project, 'watch')[0]
-    train = [s for s, _ in read_scalars(run, 'loss.train')]
+    train_steps = [s for s, _ in read_scalars(run, 'loss.train')]
     lr, grad_norm, tps = (read_scalars(run, k) for k in ('lr', 'grad_norm', 'tokens_per_second'))
-    assert len(train) > 4
+    assert len(train_steps) > 4
     for values in (lr, grad_norm, tps):
-        assert [s for s, _ in values] == train
+        assert [s for s, _ in values] == train_steps
         assert all(math.isfinite(v) and v > 0 for _, v in values)
     # lr is the schedule's: it rises through the 10 warm-up steps, then decays
     lrs = [v for _, v in lr]
@@ -59,7 +59,7 @@ def test_valid_batches_are_random_and_the_last_validation_is_whole(project, monk
         return report(self, device, split)
 
     monkeypatch.setattr(metrics.StepMetrics, 'report', spy)
-    conf = main({**TINY, 'text': 'corpus.txt', 'epochs': 2, 'inner_iterations': 3, 'valid_batches': 2,
+    conf = train({**TINY, 'text': 'corpus.txt', 'epochs': 2, 'inner_iterations': 3, 'valid_batches': 2,
                  'sample_tokens': 2}, name='valid', writers='sqlite')
     whole = len(conf.valid_loader)
     assert whole > 2

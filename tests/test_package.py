@@ -46,6 +46,6 @@ def test_wheel_carries_the_commands(tmp_path):
         entry_points = configparser.ConfigParser()
         entry_points.read_string(z.read(next(n for n in names if n.endswith('entry_points.txt'))).decode())
     assert set(entry_points['console_scripts']) == COMMANDS
-    assert 'gpt_experiment/train.py' in names and 'gpt_experiment/main.py' in names
+    assert 'gpt_experiment/training.py' in names and 'gpt_experiment/main.py' in names
     # the default corpus is package data
     assert 'gpt_experiment/data/tiny_shakespeare.txt.gz' in names

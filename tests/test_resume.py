@@ -19,7 +19,7 @@ import yaml
 from gpt_experiment.runs import find_checkpoint
 from gpt_experiment.metrics import LossNotFinite
 from gpt_experiment.main import run
-from gpt_experiment.train import main
+from gpt_experiment import train
 
 from conftest import REPO_ROOT, TINY, checkpoint_steps, read_scalars, run_dirs, write_project
 
@@ -38,13 +38,13 @@ def _curve(run_dir, indicator='loss.train'):
 
 
 def test_resume_repeats_the_straight_run(project):
-    straight = main({**RESUME, 'epochs': 2}, name='straight')
-    first = main({**RESUME, 'epochs': 1}, name='resumed')
+    straight = train({**RESUME, 'epochs': 2}, name='straight')
+    first = train({**RESUME, 'epochs': 1}, name='resumed')
     (parent,) = run_dirs(project, 'resumed')
     step = checkpoint_steps(parent)[-1]
 
     # the resumed run only names the run; epochs=2 is applied over the parent's configs
-    resumed = main({'epochs': 2}, resume=parent.name)
+    resumed = train({'epochs': 2}, resume=parent.name)
     children = [r for r in run_dirs(project, 'resumed') if r != parent]
     assert len(children) == 1
     child = children[0]
@@ -76,7 +76,7 @@ def test_same_seed_same_first_50_losses(project):
     args = {**RESUME, 'batch_size': 4, 'epochs': 1, 'log_interval': 1, 'is_save_models': False}
     curves = []
     for seed, name in ((3, 'a'), (3, 'b'), (4, 'c')):
-        main({**args, 'seed': seed}, name=name)
+        train({**args, 'seed': seed}, name=name)
         curves.append([v for _, v in _curve(run_dirs(project, name)[0])])
     assert len(curves[0]) >= 50
     assert curves[0][:50] == curves[1][:50]
@@ -171,7 +171,7 @@ def test_kill_9_mid_checkpoint_leaves_the_previous_one(tmp_path, monkeypatch):
 
     # and --resume continues from it
     monkeypatch.chdir(project)
-    main({'epochs': 2}, resume=run_dir.name)
+    train({'epochs': 2}, resume=run_dir.name)
     child = [r for r in run_dirs(project, 'kill') if r != run_dir][0]
     # the parent's checkpoint is not copied into the child
     assert checkpoint_steps(child) == [2 * steps[0]]
@@ -190,7 +190,7 @@ BAD_RESUMES = [
 
 
 def test_bad_resume_is_one_line(project, capsys):
-    main({**RESUME, 'epochs': 1}, name='parent')
+    train({**RESUME, 'epochs': 1}, name='parent')
     (parent,) = run_dirs(project, 'parent')
     # a copy of the run whose model file is cut in half
     truncated = parent.parent / (parent.name + 'copy')
@@ -231,17 +231,17 @@ SCHEDULE = {**TINY, 'text': 'corpus.txt', 'inner_iterations': 1, 'sample_tokens'
 
 def test_resume_overrides_win_and_the_schedule_is_the_resumed_runs(project, monkeypatch):
     seen = _record_lr(monkeypatch)
-    main({**SCHEDULE, 'epochs': 2}, name='straight')
+    train({**SCHEDULE, 'epochs': 2}, name='straight')
     straight = dict((s, lr) for s, lr, *_ in seen)
     seen.clear()
-    main({**SCHEDULE, 'epochs': 1}, name='parent')
+    train({**SCHEDULE, 'epochs': 1}, name='parent')
     (parent,) = run_dirs(project, 'parent')
     last = max(s for s, *_ in seen)
     seen.clear()
 
     # epochs=2 trains longer on the schedule of a straight 2-epoch run: the cosine is not the
     # parent's 1-epoch one, whose learning rate would have climbed back up
-    main({'epochs': 2}, resume=parent.name)
+    train({'epochs': 2}, resume=parent.name)
     resumed = dict((s, lr) for s, lr, *_ in seen)
     assert min(resumed) == last + 1 and max(resumed) == max(straight)
     for step, lr in resumed.items():
@@ -249,14 +249,14 @@ def test_resume_overrides_win_and_the_schedule_is_the_resumed_runs(project, monk
 
     # the learning rate and the warm-up given to --resume win over the optimizer's saved state
     seen.clear()
-    main({'epochs': 2, 'learning_rate': 1e-2, 'warmup_steps': 8 * 16 * 100}, resume=parent.name)
+    train({'epochs': 2, 'learning_rate': 1e-2, 'warmup_steps': 8 * 16 * 100}, resume=parent.name)
     assert {(w, base) for _, _, w, base in seen} == {(100, 1e-2)}
     child = max(run_dirs(project, 'parent'), key=lambda r: r.stat().st_mtime)
     assert yaml.safe_load((child / 'configs.yaml').read_text())['learning_rate']['value'] == 1e-2
 
 
 def test_resume_keeps_the_runs_tokenizer(project, capsys):
-    main({**SCHEDULE, 'epochs': 1}, name='chars')
+    train({**SCHEDULE, 'epochs': 1}, name='chars')
     (parent,) = run_dirs(project, 'chars')
     saved = (parent / 'tokenizer.json').read_text()
     corpus = project / 'corpus.txt'
@@ -265,7 +265,7 @@ def test_resume_keeps_the_runs_tokenizer(project, capsys):
     # every 'z' gone: a rebuilt vocabulary would shift the ids of the characters after 'z'
     corpus.write_text(text.replace('z', 'y'))
     # (giving the tokenizer it has is no change)
-    main({'epochs': 2, 'tokenizer': 'character'}, resume=parent.name)
+    train({'epochs': 2, 'tokenizer': 'character'}, resume=parent.name)
     child = [r for r in run_dirs(project, 'chars') if r != parent][0]
     assert (child / 'tokenizer.json').read_text() == saved
 
@@ -288,11 +288,11 @@ def test_resume_keeps_the_runs_tokenizer(project, capsys):
 
 
 def test_resume_does_not_retrain_a_bpe_tokenizer(project):
-    main({**SCHEDULE, 'epochs': 1, 'tokenizer': 'bpe', 'bpe_vocab_size': 300}, name='bpe')
+    train({**SCHEDULE, 'epochs': 1, 'tokenizer': 'bpe', 'bpe_vocab_size': 300}, name='bpe')
     (parent,) = run_dirs(project, 'bpe')
     # text appended: a retrained BPE would learn other merges
     with open(project / 'corpus.txt', 'a') as f:
         f.write('Quixotic zebras juggle xylophones; quixotic zebras juggle xylophones.\n' * 20)
-    main({'epochs': 2}, resume=parent.name)
+    train({'epochs': 2}, resume=parent.name)
     child = [r for r in run_dirs(project, 'bpe') if r != parent][0]
     assert (child / 'tokenizer.json').read_text() == (parent / 'tokenizer.json').read_text()

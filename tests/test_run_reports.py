@@ -10,7 +10,7 @@ import sys
 
 import pytest
 
-from gpt_experiment.train import main
+from gpt_experiment import train
 
 from conftest import REPO_ROOT, TINY, checkpoint_steps, read_scalars, run_cli, run_dirs, write_project
 
@@ -18,7 +18,7 @@ SHORT = {**TINY, 'text': 'corpus.txt', 'epochs': 2, 'inner_iterations': 1, 'samp
 
 
 def test_summary_and_runs_listing(project, capsys):
-    main(dict(SHORT), name='reports')
+    train(dict(SHORT), name='reports')
     out = capsys.readouterr().out
     run = run_dirs(project, 'reports')[0]
     uuid = run.name
@@ -105,9 +105,9 @@ def test_runs_shows_status_duration_parent_tokens_and_best_loss(project, monkeyp
     from gpt_experiment.main import run
 
     args = {**SHORT, 'epochs': 1}
-    main(dict(args), name='done', writers='sqlite')
+    train(dict(args), name='done', writers='sqlite')
     (done,) = run_dirs(project, 'done')
-    main({'epochs': 2}, resume=done.name[:6], writers='sqlite')
+    train({'epochs': 2}, resume=done.name[:6], writers='sqlite')
     child = [r for r in run_dirs(project, 'done') if r != done][0]
 
     real = torch.nn.functional.cross_entropy

@@ -15,7 +15,7 @@ import torch
 from gpt_experiment import UserError, generate, runs
 from gpt_experiment.checkpoints import load_tensors, load_yaml
 from gpt_experiment.main import run as main_run
-from gpt_experiment.train import main
+from gpt_experiment import train
 
 from conftest import REPO_ROOT, TINY, run_dirs
 
@@ -113,7 +113,7 @@ def test_loading_never_runs_code_whatever_torch_is_told(tmp_path, monkeypatch):
 
 @pytest.fixture
 def trained(project):
-    main(dict(SMALL), name='store')
+    train(dict(SMALL), name='store')
     return run_dirs(project, 'store')[0]
 
 
@@ -195,7 +195,7 @@ def test_resume_and_generate_take_the_same_prefix_and_checkpoint(trained, projec
     step = runs.checkpoint_steps(trained)[-1]
     rc = generate.run(['--run', prefix, '--prompt', 'It is', '--max-new-tokens', '2'])
     assert rc == 0, capsys.readouterr().err
-    conf = main({'epochs': 2}, resume=prefix)
+    conf = train({'epochs': 2}, resume=prefix)
     child = [r for r in run_dirs(project, 'store') if r != trained][0]
     assert runs.run_info(child)['load_run'] == trained.name
     assert runs.checkpoint_steps(child) == [2 * step]

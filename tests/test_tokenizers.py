@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from gpt_experiment import UserError, corpus, runs, tokenizers
+from gpt_experiment import UserError, corpus, tokenizers
 from gpt_experiment.batches import ShuffledWindows
 from gpt_experiment.corpus import BPE, Corpus, Span, stream_text
 
@@ -35,7 +35,7 @@ def test_bpe_round_trip_is_exact(tmp_path):
     assert whole == (CORPUS + UNICODE) * 2
     # saved and reloaded (as a run does) it encodes the same
     tokenizers.save(tok, tmp_path)
-    again = runs.load_tokenizer(tmp_path)
+    again = tokenizers.load(tmp_path)
     assert again.encode(UNICODE) == tok.encode(UNICODE)
 
 

@@ -12,7 +12,7 @@ import yaml
 from gpt_experiment import Configs
 # `gpt_experiment.main` is also the name of the command-line submodule, which replaces the
 # package attribute once imported; take the function from where it is defined.
-from gpt_experiment.train import main
+from gpt_experiment import train
 
 from conftest import CORPUS, REPO_ROOT, TINY, checkpoint_steps, make_configs, read_scalars, run_cli, run_dirs, write_project
 
@@ -28,7 +28,7 @@ def _tokens_per_epoch(seq_len: int) -> int:
 
 
 def test_short_run_lowers_the_loss_and_saves_a_loadable_checkpoint(project):
-    conf = main(dict(E2E), name='e2e')
+    conf = train(dict(E2E), name='e2e')
     assert isinstance(conf, Configs)
 
     runs = run_dirs(project, 'e2e')

@@ -1,5 +1,5 @@
 """
-# Command line
+# Overrides
 
 `python -m gpt_experiment.main [PRESET.yaml ...] [key=value ...]` builds one dictionary of
 overrides for labml's `experiment.configs(conf, overrides)`: presets first, then `key=value`

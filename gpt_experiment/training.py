@@ -1,13 +1,13 @@
 """
 # Training
 
-`main(overrides)` is the experiment as a function: it creates a labml experiment, applies the
+`train(overrides)` is the experiment as a function: it creates a labml experiment, applies the
 overrides to the defaults through `experiment.configs`, checks them, registers the model for
 checkpoints, and trains. The command line ([main](main.html)) calls it; so can a notebook:
 
 ```python
-from gpt_experiment.train import main
-conf = main({'epochs': 1, 'transformer.n_layers': 2})
+from gpt_experiment import train
+conf = train({'epochs': 1, 'transformer.n_layers': 2})
 ```
 """
 
@@ -16,12 +16,14 @@ from typing import Any, Dict, Iterable, Optional, Union
 
 from labml import experiment, tracker
 
-from . import checkpoints, cli, console, dashboard, distributed, finetune, labml_glue, runs, summary, writers as writers_
+from . import checkpoints, console, dashboard, distributed, finetune, labml_glue, runs, summary, tokenizers
+from . import writers as writers_
 from . import resume as resume_state
 from .checks import check_configs
 from .configs import Configs
 from .errors import UserError
-from .runs import project_path  # noqa: F401 (kept importable from here)
+from .overrides import check_overrides, config_keys
+from .runs import project_path
 
 
 # What makes the tokenizer, which a resumed run cannot change
@@ -31,12 +33,12 @@ TOKENIZER_KEYS = ('tokenizer', 'bpe_vocab_size', 'bpe_train_bytes')
 def configure(overrides: Dict[str, Any], run_tokenizer=None) -> Configs:
     """
     `Configs` with `overrides` applied to the defaults through labml, and every value checked:
-    what `main` does before anything is written. It needs a labml experiment (`experiment.create`).
+    what `train` does before anything is written. It needs a labml experiment (`experiment.create`).
     `run_tokenizer` is the tokenizer of the run it continues from, kept as it is.
     """
     conf = Configs()
     conf._run_tokenizer = run_tokenizer
-    experiment.configs(conf, cli.check_overrides(Configs, overrides))
+    experiment.configs(conf, check_overrides(Configs, overrides))
     check_configs(conf)
     distributed.check_batch(conf.batch_size)
     return conf
@@ -55,7 +57,7 @@ def compute_ahead(c: Configs):
             getattr(c, key)
 
 
-def main(overrides: Optional[Dict[str, Any]] = None, *, name: Optional[str] = None, comment: str = '',
+def train(overrides: Optional[Dict[str, Any]] = None, *, name: Optional[str] = None, comment: str = '',
          resume: Optional[str] = None, checkpoint: Optional[int] = None,
          writers: Union[str, Iterable[str]] = writers_.DEFAULT, verbose: bool = False) -> Configs:
     """
@@ -66,7 +68,7 @@ def main(overrides: Optional[Dict[str, Any]] = None, *, name: Optional[str] = No
     shows labml's `Prepare <config>` sections ([console](console.html)).
     """
     console.install(verbose)
-    overrides = cli.check_overrides(Configs, overrides or {})
+    overrides = check_overrides(Configs, overrides or {})
     writers = writers_.check_writers(writers)
     if name is not None and not checkpoints.is_plain_name(name):
         raise UserError(f'--name must be a plain name (a folder under logs/), got {name!r}')
@@ -82,7 +84,7 @@ def main(overrides: Optional[Dict[str, Any]] = None, *, name: Optional[str] = No
             raise UserError('init_from starts a new run from a run\'s weights and --resume continues a run; give one')
         source = finetune.find_source(overrides['init_from'])
         overrides = finetune.with_source_shape(source, overrides)
-        run_tokenizer = runs.load_tokenizer(source.run)
+        run_tokenizer = tokenizers.load(source.run)
     if resume is not None:
         parent = runs.find_run(resume)
         step = int(runs.find_checkpoint(parent, checkpoint).name)
@@ -90,9 +92,9 @@ def main(overrides: Optional[Dict[str, Any]] = None, *, name: Optional[str] = No
             # what a killed writer of the parent left half written
             checkpoints.remove_partial_checkpoints(parent)
         # The run's tokenizer, as it saved it: the corpus is encoded with it, never rebuilt.
-        run_tokenizer = runs.load_tokenizer(parent)
-        given = cli.check_overrides(Configs, runs.given_configs(parent))
-        defaults = cli.config_keys(Configs)
+        run_tokenizer = tokenizers.load(parent)
+        given = check_overrides(Configs, runs.given_configs(parent))
+        defaults = config_keys(Configs)
         for key in TOKENIZER_KEYS:
             if key in overrides and overrides[key] != given.get(key, defaults[key].default):
                 raise UserError(f'{key} cannot change when resuming: run {parent.name} keeps its tokenizer.json')

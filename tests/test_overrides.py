@@ -1,9 +1,9 @@
-"""Config keys, override parsing and YAML presets (gpt_experiment.cli)."""
+"""Config keys, override parsing and YAML presets (gpt_experiment.overrides)."""
 
 import pytest
 
 from gpt_experiment import Configs, UserError
-from gpt_experiment.cli import check_overrides, config_keys, describe, load_yaml, overrides_from_args
+from gpt_experiment.overrides import check_overrides, config_keys, describe, load_yaml, overrides_from_args
 
 from conftest import REPO_ROOT
 

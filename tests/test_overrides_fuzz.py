@@ -14,8 +14,9 @@ from labml import experiment
 from gpt_experiment import Configs, UserError
 from gpt_experiment import main as cli_main
 from gpt_experiment.checks import parameter_count
-from gpt_experiment.cli import check_overrides, config_keys
-from gpt_experiment.train import compute_ahead, configure, project_path
+from gpt_experiment.overrides import check_overrides, config_keys
+from gpt_experiment.runs import project_path
+from gpt_experiment.training import compute_ahead, configure
 
 from conftest import TINY
 
@@ -48,10 +49,10 @@ def test_command_line_accepts_or_refuses_in_one_line(argv):
     calls = []
 
     def train(overrides, **kwargs):
-        # what train.main does first with the overrides
+        # what training.train does first with the overrides
         calls.append(check_overrides(Configs, overrides))
 
-    original, cli_main.main = cli_main.main, train
+    original, cli_main.train = cli_main.train, train
     out, err = io.StringIO(), io.StringIO()
     try:
         with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
@@ -61,7 +62,7 @@ def test_command_line_accepts_or_refuses_in_one_line(argv):
                 status = e.code
                 assert status == 0 and 'config keys' in out.getvalue()
     finally:
-        cli_main.main = original
+        cli_main.train = original
     assert 'Traceback' not in out.getvalue() + err.getvalue()
     if status == 0:
         assert err.getvalue() == ''
