@@ -35,6 +35,7 @@ trainer's tokens/s over the bare steps'.
 """
 
 import argparse
+import functools
 import itertools
 import statistics
 import sys
@@ -53,6 +54,8 @@ from gpt_experiment.optimizer import clip_grad_norm_  # noqa: E402
 from gpt_experiment.overrides import check_overrides, overrides_from_args  # noqa: E402
 from gpt_experiment.runs import project_path  # noqa: E402
 from gpt_experiment.training import compute_ahead  # noqa: E402
+
+import nanogpt  # noqa: E402
 
 SHAPES = {
     'small': dict(n_layers=4, d_model=128, n_heads=4, d_ff=512, seq_len=64, batch=12, dropout=0.0),
@@ -104,7 +107,7 @@ def _sync(device: torch.device):
         torch.cuda.synchronize()
 
 
-def train_step(model, optimizer, loss_func, x, y, dtype, clip):
+def train_step(model, optimizer, loss_func, x, y, *, dtype, clip):
     with torch.autocast(x.device.type, dtype=dtype, enabled=dtype != torch.float32):
         output, *_ = model(x)
         loss = loss_func(output, y)
@@ -132,14 +135,27 @@ def compare(args, overrides: dict):
     models = {'stock': stock_model.to(device), 'fast': fast.train_model}
     optimizers = {'stock': stock_optimizer, 'fast': fast.optimizer}
     dtypes = {'stock': getattr(torch, args.stock_dtype), 'fast': fast.dtype}
-    times = {'stock': [], 'fast': []}
+    steps = {name: functools.partial(train_step, models[name], optimizers[name], fast.loss_func,
+                                     dtype=dtypes[name], clip=fast.grad_norm_clip) for name in models}
+    # The nanoGPT-style reference: its own model, optimizer and loop, in fp32 as nanoGPT on a CPU,
+    # on the same batches laid out batch first (as nanoGPT's `get_batch` makes them)
+    t = fast.transformer
+    models['nanogpt'] = nanogpt.GPT(n_vocab=fast.n_tokens, seq_len=fast.seq_len, n_layers=t.n_layers,
+                                    d_model=t.d_model, n_heads=t.n_heads, dropout=t.dropout,
+                                    bias=args.nanogpt_bias).to(device)
+    optimizers['nanogpt'] = nanogpt.configure_optimizer(models['nanogpt'])
+    dtypes['nanogpt'] = torch.float32
+    steps['nanogpt'] = lambda x, y: nanogpt.train_step(models['nanogpt'], optimizers['nanogpt'],
+                                                       x.t().contiguous(), y.t().contiguous(), lr=1e-3)
+    times = {name: [] for name in steps}
     batches = iter(fast.train_loader)
     for i in range(args.warmup + args.steps):
         x, y = next(batches)
+        # in turn, so that all three see the same machine load
         for name in times:
             _sync(device)
             start = time.perf_counter()
-            train_step(models[name], optimizers[name], fast.loss_func, x, y, dtypes[name], fast.grad_norm_clip)
+            steps[name](x, y)
             _sync(device)
             if i >= args.warmup:
                 times[name].append(time.perf_counter() - start)
@@ -155,10 +171,21 @@ def compare(args, overrides: dict):
         mfu = per_token * tokens / seconds / peak
         print(f'{name:>5} ({str(dtypes[name]).replace("torch.", "")}): {seconds * 1000:9.1f} ms/step '
               f'{tokens / seconds:12,.0f} tokens/s   MFU {mfu:6.1%} of {peak / 1e9:,.0f} GFLOP/s')
+    # per pair of steps taken back to back, then the median: robust to load that comes and goes
+    for other in ('stock', 'nanogpt'):
+        ratios = [o / f for o, f in zip(times[other], times['fast'])]
+        print(f'fast vs {other}: {statistics.median(ratios):.2f}x per step '
+              f'(pairwise median; quartiles {_quartiles(ratios)})')
     print(f'speedup: {statistics.median(times["stock"]) / statistics.median(times["fast"]):.2f}')
     if args.profile:
-        profile(lambda: train_step(models['fast'], optimizers['fast'], fast.loss_func, x, y, dtypes['fast'],
-                                   fast.grad_norm_clip), device)
+        for name in args.profile:
+            print(f'## {name}')
+            profile(lambda: steps[name](x, y), device)
+
+
+def _quartiles(values) -> str:
+    q1, _, q3 = statistics.quantiles(values, n=4)
+    return f'{q1:.2f}-{q3:.2f}'
 
 
 def profile(step, device: torch.device, steps: int = 5):
@@ -215,7 +242,7 @@ def end_to_end(args, overrides: dict):
         for _ in range(steps):
             x, y = next(batches)
             start = time.perf_counter()
-            train_step(twin.train_model, twin.optimizer, twin.loss_func, x, y, twin.dtype, twin.grad_norm_clip)
+            train_step(twin.train_model, twin.optimizer, twin.loss_func, x, y, dtype=twin.dtype, clip=twin.grad_norm_clip)
             _sync(twin.device)
             times.append(time.perf_counter() - start)
         return x.numel() / statistics.median(times)
@@ -251,11 +278,16 @@ def main():
     parser.add_argument('--compile', action='store_true', help='torch.compile the fast model')
     parser.add_argument('--stock-dtype', choices=['float32', 'bfloat16', 'float16'], default='float32',
                         help='autocast dtype of the stock recipe (labml_nn trains in float32)')
-    parser.add_argument('--profile', action='store_true', help='then profile the fast step')
+    parser.add_argument('--profile', nargs='*', choices=['fast', 'stock', 'nanogpt'],
+                        help='then profile these steps (default: the fast one)')
+    parser.add_argument('--nanogpt-bias', action='store_true',
+                        help="biases in the nanoGPT reference's linear layers and LayerNorms (its train.py: none)")
     parser.add_argument('--steps', type=int, default=20)
     parser.add_argument('--warmup', type=int, default=3)
     parser.add_argument('--end-to-end', action='store_true')
     args = parser.parse_args()
+    if args.profile == []:
+        args.profile = ['fast']
 
     shape = dict(SHAPES[args.shape])
     if args.batch:
