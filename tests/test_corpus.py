@@ -2,6 +2,7 @@
 
 import hashlib
 import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -224,16 +225,21 @@ def _cache_files(path, pattern):
     return sorted((path.parent / f'{path.name}.cache').glob(pattern))
 
 
-def test_cache_is_reused(tmp_path, large, monkeypatch):
+def cache_state(path):
+    """Each file of a corpus's cache, with what changes when it is written again."""
+    return {f.name: (f.stat().st_ino, f.stat().st_mtime_ns) for f in _cache_files(path, '*')}
+
+
+def test_cache_is_reused(tmp_path, large):
     path = tmp_path / 'text.txt'
     path.write_text(CORPUS, encoding='utf-8')
     first = load(path)
     assert _cache_files(path, 'tokenizer-*.json') and _cache_files(path, 'training-*.u16')
-
-    def no_tokenising(*args, **kwargs):
-        raise AssertionError('tokenised again')
-    monkeypatch.setattr(corpus, 'tokenise', no_tokenising)
+    cached = cache_state(path)
     second = load(path)
+    # read from the cache: nothing written again, the tokens mapped from the cache's file
+    assert cache_state(path) == cached
+    assert Path(second.train.filename).parent == path.parent / f'{path.name}.cache'
     assert np.array_equal(second.train, first.train) and np.array_equal(second.valid, first.valid)
 
 
