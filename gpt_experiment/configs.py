@@ -8,7 +8,8 @@ training/validation loop, loss, accuracy, periodic samples) and adds, as `@optio
 * `transformer`: labml_nn's `TransformerConfigs`, sized from the vocabulary, with GELU;
 * `model`: the [GPT](model.html) with N(0, 0.02) initialisation;
 * `optimizer`: the minGPT weight-decay groups on `AdamWarmupCosineDecay`
-  ([optimizer](optimizer.html));
+  ([optimizer](optimizer.html)), its warm-up and length in optimizer steps
+  ([lr_schedule](lr_schedule.html));
 * `text`: a [corpus](corpus.html), read, checked, split and tokenised; `train_loader` and
   `valid_loader`: [batches](batches.html) cut from it by index.
 
