@@ -11,6 +11,9 @@ with `is_causal=True` it never materialises the causal mask.
 `SDPAttention` subclasses labml_nn's module and only replaces `forward`, so the parameters,
 their names and shapes are the same: a checkpoint trained with one loads into the other.
 Select it with `transformer.encoder_attn=sdpa`.
+
+The GPT's causal mask is made here too (`causal_mask`), in labml_nn's layout, which both
+attention modules read.
 """
 
 from contextlib import contextmanager
@@ -22,6 +25,18 @@ import torch.nn.functional as F
 from labml.configs import calculate
 from labml_nn.transformers import TransformerConfigs
 from labml_nn.transformers.mha import MultiHeadAttention
+
+
+def causal_mask(n_queries: int, device: torch.device, n_past: int = 0) -> torch.Tensor:
+    """
+    The causal mask, `[n_queries, n_past + n_queries, 1]`: `mask[i, j]` is true when query `i`,
+    at position `n_past + i`, may see key `j`, that is when `j <= n_past + i`. With `n_past=0`
+    (training) it is labml_nn's `subsequent_mask`, made on the device; decoding with a cache of
+    `n_past` keys ([sampling](sampling.html)) shifts the diagonal.
+    """
+    # Ones on and below the (shifted) diagonal; the last dimension broadcasts over the batch.
+    ones = torch.ones(n_queries, n_past + n_queries, dtype=torch.bool, device=device)
+    return ones.tril(diagonal=n_past).unsqueeze(-1)
 
 
 class SDPAttention(MultiHeadAttention):

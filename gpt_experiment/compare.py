@@ -17,17 +17,11 @@ run recorded them) and each run's best validation loss with its step.
 Runs are named by uuid or a unique prefix; everything is read through the [run store](runs.html).
 """
 
-import argparse
 from pathlib import Path
 from typing import Any, Dict, List
 
-from . import runs
+from . import commands, runs
 from .errors import UserError
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message):
-        raise UserError(message)
 
 
 def _label(run_dir: Path) -> str:
@@ -102,7 +96,7 @@ def compare(run_dirs: List[Path]) -> str:
 
 def main(command: str, argv: List[str]) -> int:
     """`gpt-runs plot ...` and `gpt-runs compare ...`; `UserError`s are the caller's to print."""
-    p = _Parser(prog=f'gpt-runs {command}')
+    p = commands.Parser(prog=f'gpt-runs {command}')
     p.add_argument('runs', nargs='+', metavar='RUN', help='run uuids, or unique prefixes of them')
     if command == 'plot':
         p.add_argument('-o', '--output', default='curves.png', help='the PNG to write (default: %(default)s)')

@@ -34,7 +34,6 @@ no dashboard answering a finished run never exits. So we
   answers (at most `FLUSH_SECONDS`), then say in one line that it was not reached.
 """
 
-import argparse
 import importlib.util
 import json
 import os
@@ -49,7 +48,8 @@ from urllib.parse import urlsplit
 from labml import logger
 from labml.logger import Text
 
-from . import labml_glue
+from . import commands, labml_glue
+from .errors import UserError
 
 DEFAULT_HOST = '127.0.0.1'
 DEFAULT_PORT = 5005
@@ -152,15 +152,15 @@ def claim(url: str, run_uuid: str) -> bool:
         return False
 
 
+@commands.command
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog='python -m gpt_experiment.dashboard',
-                                     description="Start labml's dashboard (labml-app) in the foreground.")
+    parser = commands.Parser(prog='python -m gpt_experiment.dashboard',
+                             description="Start labml's dashboard (labml-app) in the foreground.")
     parser.add_argument('--host', default=DEFAULT_HOST, help='address to bind (default: loopback only)')
     parser.add_argument('--port', type=int, default=DEFAULT_PORT, help='port (default: 5005)')
     args = parser.parse_args(argv)
     if importlib.util.find_spec('labml_app') is None:
-        print('error: labml-app is not installed; pip install "gpt-experiment[dashboard]"', file=sys.stderr)
-        return 2
+        raise UserError('labml-app is not installed; pip install "gpt-experiment[dashboard]"')
     print(f'labml dashboard: http://{args.host}:{args.port}/', flush=True)
     print(f'runs point at it with labml_server={api_url(args.host, args.port)} '
           f'(or web_api: {api_url(args.host, args.port)}/track? in .labml.yaml)', flush=True)

@@ -38,18 +38,13 @@ import torch.nn.functional as F
 
 from labml import experiment
 
-from . import console, corpus, generate, runs, tokenizers
+from . import commands, console, corpus, generate, runs, tokenizers
 from .errors import UserError
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message):
-        raise UserError(message)
-
-
 def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
-    p = _Parser(prog='gpt-evaluate', description="Loss, perplexity, bits per character and per byte of a "
-                                                 "checkpoint on a text.")
+    p = commands.Parser(prog='gpt-evaluate', description="Loss, perplexity, bits per character and per byte "
+                                                         "of a checkpoint on a text.")
     p.add_argument('--run', required=True, help='run uuid, or a unique prefix of one')
     p.add_argument('--checkpoint', type=int, default=None, help='global step of the checkpoint (default: newest)')
     p.add_argument('--text', required=True, help='UTF-8 text file to score')
@@ -131,32 +126,26 @@ def read_text(path: str, tokenizer) -> str:
     return text
 
 
+@commands.command
 def run(argv: Optional[List[str]] = None) -> int:
     """The command line (`gpt-evaluate`; `argv` defaults to `sys.argv[1:]`)."""
-    try:
-        args = parse_args(argv)
-        device = generate.check_device(args.device)
-        # labml reports what it builds on stdout, which is the results'
-        with contextlib.redirect_stdout(io.StringIO()):
-            experiment.create(name='evaluate', python_file=runs.project_path(), writers=set())
-            run_dir = runs.find_run(args.run)
-            checkpoint = runs.find_checkpoint(run_dir, args.checkpoint)
-            tokenizer = tokenizers.load(run_dir)
-            text = read_text(args.text, tokenizer)
-            model, conf = generate.load_model(run_dir, checkpoint, tokenizer, device)
-        stride = conf.seq_len // 2 if args.stride is None else args.stride
-        if not 1 <= stride <= conf.seq_len:
-            raise UserError(f'--stride must be in [1, {conf.seq_len}], got {stride}')
-        if args.batch_size < 1:
-            raise UserError(f'--batch-size must be at least 1, got {args.batch_size}')
-        results = evaluate(model, tokenizer, text, seq_len=conf.seq_len, stride=stride,
-                           batch_size=args.batch_size, device=device)
-    except UserError as e:
-        print(f'error: {e}', file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print('interrupted', file=sys.stderr)
-        return 130
+    args = parse_args(argv)
+    device = generate.check_device(args.device)
+    # labml reports what it builds on stdout, which is the results'
+    with contextlib.redirect_stdout(io.StringIO()):
+        experiment.create(name='evaluate', python_file=runs.project_path(), writers=set())
+        run_dir = runs.find_run(args.run)
+        checkpoint = runs.find_checkpoint(run_dir, args.checkpoint)
+        tokenizer = tokenizers.load(run_dir)
+        text = read_text(args.text, tokenizer)
+        model, conf = generate.load_model(run_dir, checkpoint, tokenizer, device)
+    stride = conf.seq_len // 2 if args.stride is None else args.stride
+    if not 1 <= stride <= conf.seq_len:
+        raise UserError(f'--stride must be in [1, {conf.seq_len}], got {stride}')
+    if args.batch_size < 1:
+        raise UserError(f'--batch-size must be at least 1, got {args.batch_size}')
+    results = evaluate(model, tokenizer, text, seq_len=conf.seq_len, stride=stride,
+                       batch_size=args.batch_size, device=device)
     results = {'run': runs.uuid_of(run_dir), 'name': run_dir.parent.name, 'checkpoint': int(checkpoint.name),
                'text': args.text, 'seq_len': conf.seq_len, 'stride': stride, **results}
     if args.json:

@@ -34,17 +34,13 @@ import torch
 
 from labml import experiment
 
-from . import corpus, runs, sampling, tokenizers
+from . import commands, corpus, runs, sampling, tokenizers
 from .errors import UserError
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message):
-        raise UserError(message)
-
-
 def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
-    p = _Parser(prog='python -m gpt_experiment.generate', description='Continue a prompt from a checkpoint.')
+    p = commands.Parser(prog='python -m gpt_experiment.generate',
+                        description='Continue a prompt from a checkpoint.')
     p.add_argument('--run', help='run uuid, or a unique prefix of one (default: the newest run with a checkpoint)')
     p.add_argument('--checkpoint', type=int, default=None, help='global step of the checkpoint (default: newest)')
     prompt = p.add_mutually_exclusive_group()
@@ -94,49 +90,46 @@ def load_model(run_dir: Path, checkpoint: Path, tokenizer, device: torch.device)
     return model.to(device).eval(), conf
 
 
+@commands.command
 def run(argv: Optional[List[str]] = None) -> int:
     """The command line (`gpt-generate`; `argv` defaults to `sys.argv[1:]`)."""
-    try:
-        args = parse_args(argv)
-        sampler = sampling.make_sampler(args.temperature, args.top_k, args.top_p)
-        if args.max_new_tokens < 1 or args.num_samples < 1:
-            raise UserError('--max-new-tokens and --num-samples must be at least 1')
-        device = check_device(args.device)
-        prompt = args.prompt
-        if args.prompt_file is not None:
-            try:
-                prompt = corpus.regular_file(args.prompt_file).read_text(encoding='utf-8')
-            except (OSError, UnicodeDecodeError) as e:
-                raise UserError(f'cannot read prompt file {args.prompt_file}: {e}') from None
+    args = parse_args(argv)
+    sampler = sampling.make_sampler(args.temperature, args.top_k, args.top_p)
+    if args.max_new_tokens < 1 or args.num_samples < 1:
+        raise UserError('--max-new-tokens and --num-samples must be at least 1')
+    device = check_device(args.device)
+    prompt = args.prompt
+    if args.prompt_file is not None:
+        try:
+            prompt = corpus.regular_file(args.prompt_file).read_text(encoding='utf-8')
+        except (OSError, UnicodeDecodeError) as e:
+            raise UserError(f'cannot read prompt file {args.prompt_file}: {e}') from None
 
-        # labml reports what it builds and loads on stdout, which is the generated text's; errors
-        # are ours to report, in one line.
-        with contextlib.redirect_stdout(io.StringIO()):
-            experiment.create(name='generate', python_file=runs.project_path(), writers=set())
-            run_dir = runs.find_run(args.run) if args.run is not None else runs.newest_run_with_checkpoint()
-            checkpoint = runs.find_checkpoint(run_dir, args.checkpoint)
-            tokenizer = tokenizers.load(run_dir)
-            model, conf = load_model(run_dir, checkpoint, tokenizer, device)
-        if args.run is None:
-            print(f'run {run_dir.parent.name}/{run_dir.name}, checkpoint {checkpoint.name}', file=sys.stderr)
-        # the run's own prompt, by default
-        prompt = conf.prompt if prompt is None else prompt
-        if not prompt:
-            raise UserError('prompt is empty: generation needs at least one token to start from')
-        missing = tokenizer.unknown(prompt)
-        if missing:
-            raise UserError('prompt has characters that are not in the vocabulary: ' + ' '.join(map(repr, missing)))
-        ids = tokenizer.encode(prompt)
-        if len(ids) > conf.seq_len:
-            print(f'warning: the prompt has {len(ids)} tokens; keeping the last {conf.seq_len} (the context)',
-                  file=sys.stderr)
-            ids = ids[-conf.seq_len:]
-        if args.slide is not None and not 1 <= args.slide < conf.seq_len:
-            raise UserError(f'--slide must be in [1, {conf.seq_len - 1}], got {args.slide}')
-        prompt_ids = torch.tensor(ids, dtype=torch.long, device=device)
-    except UserError as e:
-        print(f'error: {e}', file=sys.stderr)
-        return 2
+    # labml reports what it builds and loads on stdout, which is the generated text's; errors
+    # are ours to report, in one line.
+    with contextlib.redirect_stdout(io.StringIO()):
+        experiment.create(name='generate', python_file=runs.project_path(), writers=set())
+        run_dir = runs.find_run(args.run) if args.run is not None else runs.newest_run_with_checkpoint()
+        checkpoint = runs.find_checkpoint(run_dir, args.checkpoint)
+        tokenizer = tokenizers.load(run_dir)
+        model, conf = load_model(run_dir, checkpoint, tokenizer, device)
+    if args.run is None:
+        print(f'run {run_dir.parent.name}/{run_dir.name}, checkpoint {checkpoint.name}', file=sys.stderr)
+    # the run's own prompt, by default
+    prompt = conf.prompt if prompt is None else prompt
+    if not prompt:
+        raise UserError('prompt is empty: generation needs at least one token to start from')
+    missing = tokenizer.unknown(prompt)
+    if missing:
+        raise UserError('prompt has characters that are not in the vocabulary: ' + ' '.join(map(repr, missing)))
+    ids = tokenizer.encode(prompt)
+    if len(ids) > conf.seq_len:
+        print(f'warning: the prompt has {len(ids)} tokens; keeping the last {conf.seq_len} (the context)',
+              file=sys.stderr)
+        ids = ids[-conf.seq_len:]
+    if args.slide is not None and not 1 <= args.slide < conf.seq_len:
+        raise UserError(f'--slide must be in [1, {conf.seq_len - 1}], got {args.slide}')
+    prompt_ids = torch.tensor(ids, dtype=torch.long, device=device)
 
     torch.manual_seed(args.seed)
     try:
@@ -152,8 +145,9 @@ def run(argv: Optional[List[str]] = None) -> int:
             sys.stdout.write(decoder.flush() + '\n')
             sys.stdout.flush()
     except KeyboardInterrupt:
-        print('\ninterrupted', file=sys.stderr)
-        return 130
+        # a sample stopped mid-line; `interrupted` goes on a line of its own
+        print(file=sys.stderr)
+        raise
     return 0
 
 

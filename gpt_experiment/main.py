@@ -11,7 +11,8 @@ Presets under `configs/` and `key=value` arguments become one dictionary of over
 [`train`](training.html), later ones winning. `--help` lists every config key.
 Bad input, a damaged run or a file that cannot be written is one line on stderr and exit
 status 2; a loss that is not finite stops the run with exit status 3; Ctrl-C or SIGTERM
-finishes the step, saves a checkpoint and exits 130 or 143 ([stops](stops.html)).
+finishes the step, saves a checkpoint and exits 130 or 143 ([stops](stops.html)); every
+command maps these the same way ([commands](commands.html)).
 """
 
 import argparse
@@ -19,21 +20,15 @@ import sqlite3
 import sys
 from typing import List, Optional
 
-from . import distributed, overrides, stops, writers
+from . import commands, distributed, overrides, writers
 from .configs import EFFECTIVE_DEFAULTS, Configs
-from .metrics import LossNotFinite
 from .errors import UserError
 from .training import train
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message):
-        raise UserError(message)
-
-
 def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
-    parser = _Parser(prog='python -m gpt_experiment.main', add_help=False,
-                     description='Train a GPT as a labml experiment.')
+    parser = commands.Parser(prog='python -m gpt_experiment.main', add_help=False,
+                             description='Train a GPT as a labml experiment.')
     parser.add_argument('items', nargs='*', metavar='PRESET.yaml | key=value',
                         help='YAML override files and key=value overrides; later ones win')
     parser.add_argument('--name', default=None, help='experiment name (the folder under logs/; default gpt)')
@@ -56,6 +51,7 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     return args
 
 
+@commands.command
 def run(argv: Optional[List[str]] = None) -> int:
     """The command line (`gpt-train`; `argv` defaults to `sys.argv[1:]`): one line and a non-zero
     status on bad input, 130 on Ctrl-C, 143 on SIGTERM."""
@@ -64,23 +60,12 @@ def run(argv: Optional[List[str]] = None) -> int:
         train(overrides.overrides_from_args(args.items), name=args.name, comment=args.comment,
               resume=args.resume, checkpoint=args.checkpoint, writers=args.writers,
               verbose=args.verbose)
-    except UserError as e:
-        print(f'error: {e}', file=sys.stderr)
-        return 2
-    except LossNotFinite as e:
-        print(f'error: {e}; stopped without saving, the last checkpoint is kept', file=sys.stderr)
-        return 3
-    except KeyboardInterrupt as e:
-        print('interrupted' if stops.exit_status(e) == 130 else 'terminated', file=sys.stderr)
-        return stops.exit_status(e)
     except OSError as e:
         # labml's own files (run.yaml, configs.yaml, the logs) on a full disk or a read-only folder
-        print(f'error: cannot write {e.filename or "the run"}: {e.strerror or e}', file=sys.stderr)
-        return 2
+        raise UserError(f'cannot write {e.filename or "the run"}: {e.strerror or e}') from None
     except sqlite3.OperationalError as e:
         # labml's `sqlite.db` of tracked values, likewise ("database or disk is full")
-        print(f'error: cannot write the run\'s sqlite.db: {e}', file=sys.stderr)
-        return 2
+        raise UserError(f'cannot write the run\'s sqlite.db: {e}') from None
     finally:
         distributed.teardown()
     return 0

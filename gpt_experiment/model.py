@@ -30,9 +30,8 @@ from torch import nn
 
 from labml_nn.transformers import Encoder
 from labml_nn.transformers.models import EmbeddingsWithLearnedPositionalEncoding, EmbeddingsWithPositionalEncoding
-from labml_nn.transformers.utils import subsequent_mask
 
-from .attention import SDPAttention, batch_first
+from .attention import SDPAttention, batch_first, causal_mask
 
 
 class GPT(nn.Module):
@@ -58,10 +57,10 @@ class GPT(nn.Module):
         if torch.compiler.is_compiling():
             # Inside a `torch.compile` graph the mask is built, not read from `self.mask`:
             # sampling resets that to other lengths, and each reset would recompile the graph.
-            mask = subsequent_mask(len(x)).to(x.device)
+            mask = causal_mask(len(x), x.device)
         else:
             if self.mask is None or self.mask.size(0) != len(x) or self.mask.device != x.device:
-                self.mask = subsequent_mask(len(x)).to(x.device)
+                self.mask = causal_mask(len(x), x.device)
             mask = self.mask
         if self.batch_first:
             # The fused attention kernel works on `[batch, heads, seq, d_k]` views of

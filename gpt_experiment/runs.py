@@ -35,14 +35,13 @@ with a one-line warning on stderr; the others are still listed.
 """
 
 import json
-import os
 import sqlite3
 import sys
 import time
 from pathlib import Path
 from typing import Any, Dict, List, NamedTuple, Optional, Tuple
 
-from . import checkpoints
+from . import checkpoints, commands
 from .errors import UserError
 
 # ## Where runs are
@@ -331,24 +330,21 @@ def format_runs(runs: List[Run]) -> str:
     return '\n'.join('  '.join(c.ljust(w) for c, w in zip(row, widths)) + '  ' + row[-1] for row in rows)
 
 
+@commands.command
 def main(argv: Optional[List[str]] = None) -> int:
     """The command line (`gpt-runs`; `argv` defaults to `sys.argv[1:]`)."""
     argv = sys.argv[1:] if argv is None else argv
     if argv and argv[0] in ('-h', '--help'):
         print(__doc__.split('```')[1].strip())
         return 0
-    try:
-        if argv and argv[0] in ('plot', 'compare'):
-            # `gpt-runs plot RUN ...`, `gpt-runs compare RUN RUN` ([compare](compare.html))
-            from . import compare
-            return compare.main(argv[0], argv[1:])
-        if argv and not checkpoints.is_plain_name(argv[0]):
-            raise UserError(f'not an experiment name: {argv[0]!r}')
-        logs = logs_path()
-        runs = list_runs(logs, argv[0] if argv else None)
-    except UserError as e:
-        print(f'error: {e}', file=sys.stderr)
-        return 2
+    if argv and argv[0] in ('plot', 'compare'):
+        # `gpt-runs plot RUN ...`, `gpt-runs compare RUN RUN` ([compare](compare.html))
+        from . import compare
+        return compare.main(argv[0], argv[1:])
+    if argv and not checkpoints.is_plain_name(argv[0]):
+        raise UserError(f'not an experiment name: {argv[0]!r}')
+    logs = logs_path()
+    runs = list_runs(logs, argv[0] if argv else None)
     if not runs:
         print(f'no runs under {logs}')
         return 0

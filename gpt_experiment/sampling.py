@@ -48,6 +48,7 @@ from labml_nn.sampling.temperature import TemperatureSampler
 from labml_nn.sampling.top_k import TopKSampler
 from labml_nn.transformers.mha import MultiHeadAttention
 
+from .attention import causal_mask
 from .errors import UserError
 
 
@@ -152,7 +153,7 @@ class CachedAttention(nn.Module):
         self.k, self.v = k, v
         # New query $i$ sits at position `n_past + i` and sees keys `0..n_past + i`.
         n_past = k.shape[2] - n_new
-        visible = torch.ones(n_new, k.shape[2], dtype=torch.bool, device=q.device).tril(diagonal=n_past)
+        visible = causal_mask(n_new, q.device, n_past=n_past)[..., 0]
         x = F.scaled_dot_product_attention(q, k, v, attn_mask=visible)
         return a.output(x.permute(2, 0, 1, 3).reshape(n_new, batch_size, -1))
 

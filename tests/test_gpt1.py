@@ -1,6 +1,5 @@
 """GPT-1 options (gpt_experiment.gpt1 and the model options): shape, parameter count, post-LN, tying, decay."""
 
-import math
 
 import pytest
 import torch
@@ -13,7 +12,6 @@ from gpt_experiment.checks import parameter_count
 from gpt_experiment.overrides import check_overrides, load_yaml
 from gpt_experiment.runs import project_path
 from gpt_experiment.gpt1 import PostLNTransformerLayer
-from gpt_experiment.lr_schedule import AdamWarmupCosineToZero
 from gpt_experiment.optimizer import decay_groups, linear_weights, matrix_weights
 
 from conftest import REPO_ROOT
@@ -87,16 +85,6 @@ def test_matrices_decay_rule_takes_every_weight_but_biases_and_gains(tiny_config
                        **{'transformer.src_embed': 'learned_pos'}).optimizer
     assert opt.param_groups[0]['weight_decay'] == 0.01
     assert len(opt.param_groups[0]['params']) == len(decay['params'])
-
-
-def test_cosine_decays_to_zero():
-    p = nn.Parameter(torch.zeros(1))
-    opt = AdamWarmupCosineToZero([p], lr=1.0, warmup=10, total_steps=110)
-    group = opt.param_groups[0]
-    assert abs(opt.get_lr({'step': 5}, group) - 0.5) < 1e-6
-    assert abs(opt.get_lr({'step': 60}, group) - 0.5) < 1e-6
-    assert opt.get_lr({'step': 110}, group) < 1e-9
-    assert abs(opt.get_lr({'step': 35}, group) - 0.5 * (1 + math.cos(math.pi / 4))) < 1e-6
 
 
 @pytest.mark.parametrize('extra', [

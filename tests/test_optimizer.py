@@ -1,4 +1,4 @@
-"""Weight-decay groups and the learning-rate schedule of the optimizer that `Configs` builds."""
+"""Weight-decay groups of the optimizer that `Configs` builds (its schedule: test_lr_schedule)."""
 
 import pytest
 import torch
@@ -6,7 +6,6 @@ from labml_nn.optimizers.adam_warmup_cosine_decay import AdamWarmupCosineDecay
 
 from gpt_experiment.optimizer import decay_groups, linear_weights
 
-from conftest import CORPUS
 
 # The nn.Linear weights of a one-layer GPT, and nothing else.
 ONE_LAYER_DECAY = {
@@ -94,41 +93,3 @@ def test_only_decay_group_shrinks_on_a_zero_gradient_step(tiny_configs):
             assert not torch.equal(p.detach(), before[n])
         else:
             assert torch.equal(p.detach(), before[n]), f'{n} changed without a gradient'
-
-
-@pytest.mark.parametrize('extra', [
-    {'seq_len': 16, 'batch_size': 8, 'epochs': 4, 'warmup_steps': 1280},
-    {'seq_len': 32, 'batch_size': 2, 'epochs': 100},  # default warm-up: 128 * 128 * 20 tokens
-])
-def test_learning_rate_schedule(tiny_configs, extra):
-    conf = tiny_configs(**extra)
-    opt = conf.optimizer
-    tokens_per_step = conf.batch_size * conf.seq_len
-    n_train_tokens = len(conf.train_loader.tokens)
-    # the first 90% of the characters train
-    assert n_train_tokens == int(len(CORPUS) * 0.9)
-    warmup = extra.get('warmup_steps', 128 * 128 * 20) // tokens_per_step
-    # every step of training: epochs x batches per epoch (the last batch may be partial),
-    # which is the token formula rounded up per epoch
-    total = extra['epochs'] * len(conf.train_loader)
-    assert 0 <= total - extra['epochs'] * n_train_tokens // tokens_per_step <= extra['epochs']
-    max_lr = 6e-4
-    for group in opt.param_groups:
-        assert group['warmup'] == warmup
-        assert group['total_steps'] == total
-        lr = lambda step: opt.get_lr({'step': step}, group)  # noqa: E731
-        assert lr(0) == pytest.approx(1e-8, rel=1e-6)
-        assert lr(warmup // 2) == pytest.approx(1e-8 + (warmup // 2) * max_lr / warmup, rel=1e-9)
-        assert lr(warmup - 1) < max_lr
-        assert lr(warmup) == pytest.approx(max_lr)
-        assert total > warmup + 10
-        assert lr(warmup) > lr(warmup + 1)
-        middle = warmup + (total - warmup) / 2
-        assert lr(middle) == pytest.approx(max_lr / 2)
-        # labml's cosine decay stops at 10% of the maximum
-        assert lr(total) == pytest.approx(0.1 * max_lr)
-        # up during the warm-up, down after it
-        rates = [lr(s) for s in range(0, total + 1)]
-        assert all(a < b for a, b in zip(rates[:warmup], rates[1:warmup + 1]))
-        assert all(a >= b for a, b in zip(rates[warmup:], rates[warmup + 1:]))
-        assert max(rates) == pytest.approx(max_lr)

@@ -212,47 +212,39 @@ def test_bad_resume_is_one_line(project, capsys):
             assert sorted(p.name for p in parent.parent.iterdir()) == before, extra
 
 
-def _record_lr(monkeypatch):
-    """Every learning rate the schedule gives, as `(run, optimizer step, lr, warm-up, base lr)`."""
-    from labml_nn.optimizers.adam_warmup_cosine_decay import AdamWarmupCosineDecay
-    real, seen = AdamWarmupCosineDecay.get_lr, []
-
-    def get_lr(self, state, group):
-        lr = real(self, state, group)
-        seen.append((int(state['step']), lr, group['warmup'], group['lr']))
-        return lr
-    monkeypatch.setattr(AdamWarmupCosineDecay, 'get_lr', get_lr)
-    return seen
-
-
 SCHEDULE = {**TINY, 'text': 'corpus.txt', 'inner_iterations': 1, 'sample_tokens': 2, 'learning_rate': 3e-3,
             'warmup_steps': 8 * 16 * 10, 'is_save_models': True}
 
 
-def test_resume_overrides_win_and_the_schedule_is_the_resumed_runs(project, monkeypatch):
-    seen = _record_lr(monkeypatch)
-    train({**SCHEDULE, 'epochs': 2}, name='straight')
-    straight = dict((s, lr) for s, lr, *_ in seen)
-    seen.clear()
-    train({**SCHEDULE, 'epochs': 1}, name='parent')
+def test_resume_overrides_win_and_the_schedule_is_the_resumed_runs(project):
+    # every training step reports its learning rate, by global step (tokens)
+    args = {**SCHEDULE, 'log_interval': 1}
+    train({**args, 'epochs': 2}, name='straight', writers='sqlite')
+    straight = dict(read_scalars(run_dirs(project, 'straight')[0], 'lr'))
+    train({**args, 'epochs': 1}, name='parent', writers='sqlite')
     (parent,) = run_dirs(project, 'parent')
-    last = max(s for s, *_ in seen)
-    seen.clear()
+    last = max(dict(read_scalars(parent, 'lr')))
 
     # epochs=2 trains longer on the schedule of a straight 2-epoch run: the cosine is not the
     # parent's 1-epoch one, whose learning rate would have climbed back up
-    train({'epochs': 2}, resume=parent.name)
-    resumed = dict((s, lr) for s, lr, *_ in seen)
-    assert min(resumed) == last + 1 and max(resumed) == max(straight)
+    train({'epochs': 2}, resume=parent.name, writers='sqlite')
+    child = newest_run(project, 'parent')
+    resumed = dict(read_scalars(child, 'lr'))
+    assert min(resumed) > last and sorted(resumed) == [s for s in sorted(straight) if s > last]
     for step, lr in resumed.items():
         assert lr == pytest.approx(straight[step], rel=1e-12), step
 
-    # the learning rate and the warm-up given to --resume win over the optimizer's saved state
-    seen.clear()
-    train({'epochs': 2, 'learning_rate': 1e-2, 'warmup_steps': 8 * 16 * 100}, resume=parent.name)
-    assert {(w, base) for _, _, w, base in seen} == {(100, 1e-2)}
-    child = max(run_dirs(project, 'parent'), key=lambda r: r.stat().st_mtime)
+    # the learning rate and the warm-up given to --resume win over the optimizer's saved state:
+    # the parent's warm-up (10 steps, to 3e-3) is over, the new one (100 steps, to 1e-2) is not
+    train({'epochs': 2, 'learning_rate': 1e-2, 'warmup_steps': 8 * 16 * 100}, resume=parent.name, writers='sqlite')
+    child = newest_run(project, 'parent')
+    rates = [lr for _, lr in read_scalars(child, 'lr')]
+    assert all(a < b for a, b in zip(rates, rates[1:])) and 3e-3 < rates[0] and rates[-1] < 1e-2
     assert yaml.safe_load((child / 'configs.yaml').read_text())['learning_rate']['value'] == 1e-2
+
+
+def newest_run(project, name):
+    return max(run_dirs(project, name), key=lambda r: r.stat().st_mtime)
 
 
 def test_resume_keeps_the_runs_tokenizer(project, capsys):
