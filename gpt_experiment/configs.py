@@ -25,7 +25,9 @@ import warnings
 
 import torch
 
+from labml import logger
 from labml.configs import option
+from labml.logger import Text
 from labml_helpers.device import DeviceConfigs
 from labml_helpers.train_valid import BatchIndex, Trainer
 from labml_nn.experiments.nlp_autoregression import NLPAutoRegressionConfigs
@@ -33,7 +35,7 @@ from labml_nn.optimizers.configs import OptimizerConfigs
 from labml_nn.transformers import TransformerConfigs
 
 from . import attention, gpt1  # noqa: F401 (they register options)
-from . import batches, corpus, distributed, labml_glue, lr_schedule, steps, tokenizers
+from . import batches, corpus, distributed, labml_glue, lr_schedule, precision, steps, tokenizers
 from .errors import UserError
 from .model import GPT, crop_positions, init_weights
 from .optimizer import (GPT_OPTIMIZER, DecayRule, decay_groups, gpt_optimizer_configs, linear_weights,
@@ -84,7 +86,8 @@ class Configs(NLPAutoRegressionConfigs):
     device = 'device_configs'
     # Seed of the random generators, for the initial weights and the batch order
     seed: int = 0
-    # Precision of the forward pass, through autocast: `float32`, `bfloat16` or `float16`
+    # Precision of the forward pass, through autocast: `float32`, `bfloat16`, `float16`, or `auto`
+    # (bf16 where the hardware has bf16 units, fp32 elsewhere)
     dtype: torch.dtype = 'float32'
     # Gradient scaler; it only scales with `float16`, whose gradients would underflow
     grad_scaler: torch.amp.GradScaler
@@ -200,6 +203,14 @@ def _bfloat16():
 @option(Configs.dtype, 'float16')
 def _float16():
     return torch.float16
+
+
+@option(Configs.dtype, 'auto')
+def _auto_dtype(c: Configs):
+    # bf16 autocast where the device has bf16 units, fp32 elsewhere ([precision](precision.html))
+    dtype = precision.auto_dtype(c.device)
+    logger.log([('dtype=auto: ', Text.key), (str(dtype).replace('torch.', ''), Text.value)])
+    return dtype
 
 
 @option(Configs.grad_scaler)

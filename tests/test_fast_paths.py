@@ -8,6 +8,7 @@ import copy
 
 import pytest
 import torch
+import yaml
 
 from labml_nn.optimizers import WeightDecay
 from labml_nn.optimizers.adam_warmup_cosine_decay import AdamWarmupCosineDecay
@@ -222,3 +223,21 @@ def test_two_runs_in_one_process_each_count_steps_from_zero(project):
     train(dict(overrides), name='second')
     first, second = (checkpoint_steps(run_dirs(project, n)[0]) for n in ('first', 'second'))
     assert first == second
+
+
+def test_dtype_auto_takes_bfloat16_only_where_the_cpu_has_bf16_units(project):
+    # The CPU's own flags decide: AVX512-BF16 or AMX multiply bf16 in hardware; without them
+    # bf16 is emulated and slower than fp32, and `auto` must not pick it.
+    flags = set()
+    for line in open('/proc/cpuinfo'):
+        if line.startswith('flags'):
+            flags = set(line.split(':', 1)[1].split())
+            break
+    expected = torch.bfloat16 if flags & {'avx512_bf16', 'amx_bf16'} else torch.float32
+    conf = train({**TINY, 'text': 'corpus.txt', 'epochs': 1, 'inner_iterations': 1, 'dtype': 'auto'}, name='auto')
+    assert conf.dtype == expected
+    # the run records what was asked for, and trained in what was taken
+    (run,) = run_dirs(project, 'auto')
+    recorded = yaml.safe_load((run / 'configs.yaml').read_text())['dtype']
+    assert recorded['value'] == 'auto' and recorded['computed'] == str(expected)
+    assert checkpoint_steps(run)
