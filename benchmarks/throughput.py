@@ -7,9 +7,10 @@ loss, backward, gradient clipping, optimizer step) of
 * **stock**: labml_nn's own GPT recipe (`labml_nn.transformers.gpt`: its `GPT` class,
   `MultiHeadAttention`, `AdamWarmupCosineDecay`, `torch.nn.utils.clip_grad_norm_`), in
   fp32, and
-* **fast**: `gpt_experiment.Configs` as the trainer runs it: `sdpa` attention with the
-  encoder batch first, the fused optimizer with clipping folded into its step, and the
+* **fast**: `gpt_experiment.Configs` as the trainer runs it (`Trainer.train_step`): `sdpa`
+  attention with the encoder batch first, PyTorch's fused Adam with the schedule, and the
   requested `--dtype` / `--compile`,
+* **nanogpt**: a stand-in written from nanoGPT's `model.py` and `train.py` ([nanogpt](nanogpt.py)),
 
 alternating one stock step and one fast step so that both see the same machine load. For
 each it prints the median step time, tokens/s and the model FLOPs utilisation (MFU) against a
@@ -50,7 +51,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from labml import experiment, tracker  # noqa: E402
 
 from gpt_experiment import Configs, corpus  # noqa: E402
-from gpt_experiment.optimizer import clip_grad_norm_  # noqa: E402
 from gpt_experiment.overrides import check_overrides, overrides_from_args  # noqa: E402
 from gpt_experiment.runs import project_path  # noqa: E402
 from gpt_experiment.training import compute_ahead  # noqa: E402
@@ -107,16 +107,22 @@ def _sync(device: torch.device):
         torch.cuda.synchronize()
 
 
-def train_step(model, optimizer, loss_func, x, y, *, dtype, clip):
+def stock_step(model, optimizer, loss_func, x, y, *, dtype, clip):
+    """labml_nn's `NLPAutoRegressionConfigs.step`, less its tracking."""
     with torch.autocast(x.device.type, dtype=dtype, enabled=dtype != torch.float32):
         output, *_ = model(x)
         loss = loss_func(output, y)
     loss.backward()
-    # `torch.nn.utils.clip_grad_norm_` for labml_nn's optimizer; folded into the step for ours,
-    # as the trainer does it
-    clip_grad_norm_(optimizer, model.parameters(), clip)
+    torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
+
+
+def batches_of(loader):
+    """Batches of epoch after epoch."""
+    for epoch in itertools.count():
+        for x, y, _ in loader.epoch(epoch):
+            yield x, y
 
 
 def compare(args, overrides: dict):
@@ -129,14 +135,14 @@ def compare(args, overrides: dict):
                                      'prompt_separator': '', 'prompt': 'It is ', **overrides})
     stock_model, stock_optimizer = stock.model, stock.optimizer
     fast = build(Configs, check_overrides(Configs, {
-        **overrides, 'transformer.encoder_attn': 'sdpa', 'optimizer.optimizer': 'FusedAdamWarmupCosineDecay',
-        'dtype': args.dtype, 'compile': args.compile}))
+        **overrides, 'transformer.encoder_attn': 'sdpa', 'dtype': args.dtype, 'compile': args.compile}))
     device = fast.device
     models = {'stock': stock_model.to(device), 'fast': fast.train_model}
-    optimizers = {'stock': stock_optimizer, 'fast': fast.optimizer}
     dtypes = {'stock': getattr(torch, args.stock_dtype), 'fast': fast.dtype}
-    steps = {name: functools.partial(train_step, models[name], optimizers[name], fast.loss_func,
-                                     dtype=dtypes[name], clip=fast.grad_norm_clip) for name in models}
+    steps = {'stock': functools.partial(stock_step, models['stock'], stock_optimizer, fast.loss_func,
+                                        dtype=dtypes['stock'], clip=fast.grad_norm_clip),
+             'fast': fast.train_step}
+    optimizers = {}
     # The nanoGPT-style reference: its own model, optimizer and loop, in fp32 as nanoGPT on a CPU,
     # on the same batches laid out batch first (as nanoGPT's `get_batch` makes them)
     t = fast.transformer
@@ -148,7 +154,7 @@ def compare(args, overrides: dict):
     steps['nanogpt'] = lambda x, y: nanogpt.train_step(models['nanogpt'], optimizers['nanogpt'],
                                                        x.t().contiguous(), y.t().contiguous(), lr=1e-3)
     times = {name: [] for name in steps}
-    batches = iter(fast.train_loader)
+    batches = batches_of(fast.train_loader)
     for i in range(args.warmup + args.steps):
         x, y = next(batches)
         # in turn, so that all three see the same machine load
@@ -210,19 +216,11 @@ class TimedConfigs(Configs):
     # `(trainer tokens/s, pure tokens/s)` per training stretch
     _stretches = []
 
-    def run_step(self):
-        for _ in range(self.inner_iterations):
-            with tracker.namespace('sample'):
-                self.sample()
-            tokens, start = tracker.get_global_step(), time.perf_counter()
-            with self.mode.update(is_train=True):
-                with tracker.namespace('train'):
-                    self.trainer()
-            rate = (tracker.get_global_step() - tokens) / (time.perf_counter() - start)
-            TimedConfigs._stretches.append((rate, TimedConfigs._pure_rate()))
-            with tracker.namespace('valid'):
-                self.validator()
-            tracker.save()
+    def train(self, until: int):
+        tokens, start = self._position.tokens, time.perf_counter()
+        super().train(until)
+        rate = (self._position.tokens - tokens) / (time.perf_counter() - start)
+        TimedConfigs._stretches.append((rate, TimedConfigs._pure_rate()))
 
 
 def end_to_end(args, overrides: dict):
@@ -235,14 +233,14 @@ def end_to_end(args, overrides: dict):
 
     # The twin: the same configs, its own model and optimizer, cycling over the same batches.
     twin = build(Configs, check_overrides(Configs, overrides))
-    batches = itertools.cycle(list(twin.train_loader))
+    batches = batches_of(twin.train_loader)
 
     def pure_rate(steps=args.steps // 4):
         times = []
         for _ in range(steps):
             x, y = next(batches)
             start = time.perf_counter()
-            train_step(twin.train_model, twin.optimizer, twin.loss_func, x, y, dtype=twin.dtype, clip=twin.grad_norm_clip)
+            twin.train_step(x, y)
             _sync(twin.device)
             times.append(time.perf_counter() - start)
         return x.numel() / statistics.median(times)
@@ -254,9 +252,7 @@ def end_to_end(args, overrides: dict):
     experiment.create(name='throughput_e2e', writers={'sqlite'}, python_file=project_path())
     timed = TimedConfigs()
     experiment.configs(timed, check_overrides(Configs, overrides))
-    experiment.add_pytorch_models({'model': timed.model})
     compute_ahead(timed)
-    tracker.set_global_step(0)
     with experiment.start():
         timed.run()
     trainer, pure = zip(*TimedConfigs._stretches)

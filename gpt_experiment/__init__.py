@@ -2,20 +2,23 @@
 # gpt_experiment
 
 A GPT language model trained as a labml experiment. `Configs` ([configs](configs.html)) holds
-the whole experiment as labml configurations; `train(overrides)` ([training](training.html))
-trains it; `python -m gpt_experiment.main` ([main](main.html)) is the command line, and
-[overrides](overrides.html) turns presets and `key=value` arguments into the overrides.
+the whole experiment as labml configurations, and its loop is the [trainer](trainer.html)'s;
+`train(overrides)` ([training](training.html)) trains it; `gpt-train` (`python -m
+gpt_experiment.main`) and the other commands are in [cli](cli.html).
+
+The names below are imported on first use, so that the command lines answer `--help` without
+importing torch.
 """
 
-from .configs import Configs
 from .errors import UserError
 
 __all__ = ['Configs', 'UserError', 'train']
 
 
 def __getattr__(name):
-    # `train` is imported on first use: imported here, it would import the run store and the
-    # dashboard before `python -m gpt_experiment.runs` (or `.dashboard`) runs them as scripts.
+    if name == 'Configs':
+        from .configs import Configs
+        return Configs
     if name == 'train':
         from .training import train
         return train

@@ -1,11 +1,10 @@
 """
 # Checks before anything is written
 
-Every value a user can give is checked here, after labml has applied the overrides and before
-the run's folder exists: a bad value is one `UserError` line, never a traceback half way
-through building the model, and never a run folder left behind. (The override parser has
-already refused values of the wrong type, numbers that are not finite, and integers past 64
-bits: [overrides](overrides.html).)
+What depends on several values is checked here, on the configs labml computed from the
+overrides, before the run's folder exists: a bad combination is one `UserError` line, never a
+traceback half way through building the model, and never a run folder left behind. (Each
+value on its own, its type and its range, is checked when it is parsed: [overrides](overrides.html).)
 
 The checks read the configs without building the model: its size is estimated from the
 shapes, so that a model too large for the machine is refused with the memory it would need,
@@ -19,55 +18,8 @@ import torch
 from . import labml_glue, sampling
 from .errors import UserError
 
-# Keys whose values are counts or sizes, and the least each can be.
-AT_LEAST = {
-    'seq_len': 1, 'batch_size': 1, 'epochs': 1, 'inner_iterations': 1, 'log_interval': 1,
-    'transformer.d_model': 1, 'transformer.n_heads': 1, 'transformer.n_layers': 1, 'transformer.ffn.d_ff': 1,
-    'bpe_train_bytes': 1, 'save_models_interval': 1, 'log_new_line_interval': 1, 'log_write_interval': 1,
-    'optimizer.total_steps': 1, 'optimizer.warmup': 0,
-    'sample_tokens': 0, 'warmup_steps': 0, 'seed': 0, 'device.cuda_device': 0,
-    # 0: the whole validation split
-    'valid_batches': 0,
-    # the 256 bytes of a byte-level BPE, and one merge
-    'bpe_vocab_size': 257,
-}
-AT_MOST = {
-    # seeds go to `torch.Generator.manual_seed`, and the validation order takes `seed + 1`
-    'seed': (2 ** 63 - 2, 'the largest seed the generators take, less one'),
-    # token ids are stored as uint32
-    'bpe_vocab_size': (2 ** 32, 'token ids are stored as 32-bit integers'),
-    # labml_nn's positional tables have this many rows
-    'seq_len': (5000, "labml_nn's positional tables have 5,000 rows"),
-}
-# Rates and sizes of the optimizer that must be above 0, or at least 0
-POSITIVE = ('learning_rate', 'optimizer.learning_rate', 'optimizer.eps', 'grad_norm_clip')
-NON_NEGATIVE = ('weight_decay', 'optimizer.weight_decay', 'optimizer.momentum')
-# Probabilities of dropping, in [0, 1)
-DROPOUTS = ('transformer.dropout', 'transformer.ffn.dropout', 'embedding_dropout')
 # labml_nn's fixed positional table: a buffer of `5000 x d_model` floats
 FIXED_POSITIONS = 5000
-
-
-def check_value(key: str, value):
-    """
-    The range of one value that a user gives (the defaults are all in range). The parser has
-    made it the key's type already.
-    """
-    if key in AT_LEAST and value < AT_LEAST[key]:
-        least = AT_LEAST[key]
-        raise UserError(f'{key} must be {"positive" if least == 1 else f"at least {least}"}, got {value}')
-    if key in AT_MOST and value > AT_MOST[key][0]:
-        most, why = AT_MOST[key]
-        raise UserError(f'{key} must be at most {most:,} ({why}), got {value:,}')
-    if key in POSITIVE and not value > 0:
-        raise UserError(f'{key} must be positive, got {value}')
-    if key in NON_NEGATIVE and value < 0:
-        raise UserError(f'{key} must be at least 0, got {value}')
-    if key in DROPOUTS and not 0 <= value < 1:
-        raise UserError(f'{key} must be in [0, 1), got {value}')
-    # Adam's moments are running averages: each beta must be in [0, 1).
-    if key == 'optimizer.betas' and not all(0 <= b < 1 for b in value):
-        raise UserError(f'optimizer.betas must each be in [0, 1), got {list(value)}')
 
 
 def check_configs(c):
@@ -76,7 +28,7 @@ def check_configs(c):
         raise UserError(f'transformer.d_model={c.transformer.d_model} is not divisible by '
                         f'transformer.n_heads={c.transformer.n_heads}')
     # Loading the corpus checks it ([corpus](corpus.html)); then the prompt must be in its vocabulary.
-    sampling.check_prompt(c.prompt, c.text)
+    sampling.check_prompt(c.prompt, c.text.tokenizer)
     _check_memory(c)
     # labml's trainer cuts an epoch into `inner_iterations` stretches, each followed by validation.
     batches = len(c.train_loader)

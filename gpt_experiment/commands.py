@@ -1,25 +1,30 @@
 """
 # What every command line does alike
 
-`gpt-train` ([main](main.html)), `gpt-generate`, `gpt-evaluate`, `gpt-runs` and
-`gpt-dashboard` parse their arguments with `Parser`, and their `run` or `main` is a `@command`.
-So every one of them ends the same way, with one line on stderr and an exit status:
+`gpt-train` ([main](main.html)), `gpt-generate` ([generate](generate.html)), `gpt-evaluate`
+([evaluate](evaluate.html)), `gpt-runs` ([reports](reports.html)) and `gpt-dashboard`
+([dashboard](dashboard.html)) parse their arguments with `Parser`, and each is a `@command`, so
+every one of them ends the same way, with one line on stderr and an exit status:
 
 * bad input, a damaged run, a file that cannot be written (a `UserError`, [errors](errors.html)):
   `error: ...`, 2, never a traceback nor argparse's usage message;
-* a loss that is not finite ([metrics](metrics.html)): `error: ...`, 3;
-* Ctrl-C: `interrupted`, 130; SIGTERM ([stops](stops.html)): `terminated`, 143;
+* a loss that is not finite: `error: ...`, 3;
+* Ctrl-C: `interrupted`, 130; SIGTERM: `terminated`, 143 (training saves a checkpoint first:
+  [trainer](trainer.html));
 * otherwise nothing, and 0.
+
+The command modules import torch only once their arguments are parsed, so that `--help`
+answers at once, and Ctrl-C or SIGTERM during those imports is one line too.
 """
 
 import argparse
 import functools
+import signal
 import sys
-from typing import Callable, Optional
+import threading
+from typing import Callable, List, Optional
 
-from . import stops
-from .errors import UserError
-from .metrics import LossNotFinite
+from .errors import LossNotFinite, UserError
 
 
 class Parser(argparse.ArgumentParser):
@@ -29,10 +34,20 @@ class Parser(argparse.ArgumentParser):
         raise UserError(message)
 
 
+def _terminated(signum, frame):
+    # SIGTERM ends a command as Ctrl-C does, with its own status
+    e = KeyboardInterrupt('SIGTERM')
+    e.signum = signal.SIGTERM
+    raise e
+
+
 def command(body: Callable[..., Optional[int]]) -> Callable[..., int]:
     """A command line's body, made to return its exit status (the table above) instead of raising."""
     @functools.wraps(body)
     def run(*args, **kwargs) -> int:
+        # (signals can be handled only by the main thread)
+        main = threading.current_thread() is threading.main_thread()
+        before = signal.signal(signal.SIGTERM, _terminated) if main else None
         try:
             return body(*args, **kwargs) or 0
         except UserError as e:
@@ -43,7 +58,21 @@ def command(body: Callable[..., Optional[int]]) -> Callable[..., int]:
             return 3
         except KeyboardInterrupt as e:
             # 130 for Ctrl-C, 143 for SIGTERM, as a shell reports a process stopped by the signal
-            status = stops.exit_status(e)
+            status = 128 + getattr(e, 'signum', signal.SIGINT)
             print('interrupted' if status == 130 else 'terminated', file=sys.stderr)
             return status
+        finally:
+            if main:
+                signal.signal(signal.SIGTERM, before)
     return run
+
+
+def argv_of(argv: Optional[List[str]]) -> List[str]:
+    """`argv`, or the process's arguments."""
+    return sys.argv[1:] if argv is None else list(argv)
+
+
+def key_values(parser: Parser, argv: List[str]) -> List[str]:
+    """nanoGPT's habit: `--batch_size=32` is `batch_size=32`, unless it is one of the parser's own options."""
+    flags = {s for a in parser._actions for s in a.option_strings}
+    return [a[2:] if a.startswith('--') and '=' in a and a.split('=', 1)[0] not in flags else a for a in argv]

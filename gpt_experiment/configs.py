@@ -1,27 +1,23 @@
 """
 # Configurations
 
-`Configs` is the whole experiment as labml configurations. It extends labml_nn's
-`NLPAutoRegressionConfigs` (the trainer for autoregressive language models: data, loaders,
-training/validation loop, loss, accuracy, periodic samples) and adds, as `@option`s:
+`Configs` is the whole experiment as labml configurations: the [trainer](trainer.html) (itself
+labml_nn's `NLPAutoRegressionConfigs`, with its loop), and the GPT's keys and `@option`s:
 
-* `transformer`: labml_nn's `TransformerConfigs`, sized from the vocabulary, with GELU;
+* `transformer`: labml_nn's `TransformerConfigs`, sized from the vocabulary, with GELU and
+  attention on PyTorch's fused kernel;
 * `model`: the [GPT](model.html) with N(0, 0.02) initialisation;
-* `optimizer`: the minGPT weight-decay groups on `AdamWarmupCosineDecay`
-  ([optimizer](optimizer.html)), its warm-up and length in optimizer steps
-  ([lr_schedule](lr_schedule.html));
+* `optimizer`: Adam with the minGPT weight-decay groups ([optimizer](optimizer.html));
 * `text`: a [corpus](corpus.html), read, checked, split and tokenised; `train_loader` and
-  `valid_loader`: [batches](batches.html) cut from it by index.
-
-The training step is labml_nn's, with its metrics kept on the device: `init`, `step`, `sample`
-and `run` are labml's hooks, and call [steps](steps.html). Values are checked in
-[checks](checks.html), and what labml does not offer publicly is in [labml_glue](labml_glue.html).
+  `valid_loader`: its batches;
+* `dtype=auto`: bf16 where the hardware has bf16 units.
 
 Every value can be overridden with labml's `experiment.configs(conf, overrides)`; the
 defaults are the labml GPT recipe on Tiny Shakespeare.
 """
 
 import warnings
+from pathlib import Path
 
 import torch
 
@@ -29,24 +25,21 @@ from labml import logger
 from labml.configs import option
 from labml.logger import Text
 from labml_helpers.device import DeviceConfigs
-from labml_helpers.train_valid import BatchIndex, Trainer
-from labml_nn.experiments.nlp_autoregression import NLPAutoRegressionConfigs
-from labml_nn.optimizers.configs import OptimizerConfigs
 from labml_nn.transformers import TransformerConfigs
 
-from . import attention, gpt1  # noqa: F401 (they register options)
-from . import batches, corpus, distributed, labml_glue, lr_schedule, precision, steps, tokenizers
+from . import corpus, distributed, labml_glue, tokenizers
 from .errors import UserError
-from .model import GPT, crop_positions, init_weights
-from .optimizer import (GPT_OPTIMIZER, DecayRule, decay_groups, gpt_optimizer_configs, linear_weights,
-                        matrix_weights)
+from .model import GPT, PostLNTransformerLayer, crop_positions, init_weights
+from .optimizer import GPTOptimizerConfigs, DecayRule, decay_groups, gpt_optimizer_configs, linear_weights, \
+    matrix_weights
+from .trainer import Trainer
 
 # We replace labml_nn's `tiny_shakespeare` option (a download into `data/`) with the copy in
-# the package; labml warns about the replacement each time a `Configs` is made.
-warnings.filterwarnings('ignore', message='Overriding option for text: tiny_shakespeare')
+# the package, and its optimizer option of the same name; labml warns about each replacement.
+warnings.filterwarnings('ignore', message='Overriding option for (text: tiny_shakespeare|optimizer)')
 
 
-class Configs(NLPAutoRegressionConfigs):
+class Configs(Trainer):
     """
     ## GPT experiment configurations
     """
@@ -57,10 +50,8 @@ class Configs(NLPAutoRegressionConfigs):
     d_model: int = 'transformer_width'
     # Transformer: embeddings, layers and generator
     transformer: TransformerConfigs
-    # Weight decay of linear weights
+    # Weight decay of the parameters that decay
     weight_decay: float = 0.1
-    # Number of *tokens* of linear learning-rate warm-up
-    warmup_steps: int = 128 * 128 * 20
     # Maximum learning rate
     learning_rate: float = 6e-4
     # GPT's optimizer
@@ -69,7 +60,7 @@ class Configs(NLPAutoRegressionConfigs):
     # weight but biases and gains); the option is the rule itself ([optimizer](optimizer.html))
     weight_decay_params: DecayRule = 'linear'
 
-    # GPT-1 options (see [gpt1](gpt1.html)), off by default
+    # GPT-1 options (see [model](model.html)), off by default
 
     # The generator's weight is the token embedding matrix
     tie_embeddings: bool = False
@@ -84,22 +75,10 @@ class Configs(NLPAutoRegressionConfigs):
     # `DeviceConfigs` object shared by every instance, which a second run in the same process
     # could not override again; this option makes a fresh one per `Configs`.
     device = 'device_configs'
-    # Seed of the random generators, for the initial weights and the batch order
-    seed: int = 0
-    # Precision of the forward pass, through autocast: `float32`, `bfloat16`, `float16`, or `auto`
-    # (bf16 where the hardware has bf16 units, fp32 elsewhere)
-    dtype: torch.dtype = 'float32'
-    # Gradient scaler; it only scales with `float16`, whose gradients would underflow
-    grad_scaler: torch.amp.GradScaler
     # `RUN[:STEP]`: a new run that starts from the weights of that run's checkpoint (the newest
     # complete one when no step is given), with its tokenizer and shape; everything else starts
-    # fresh ([finetune](finetune.html))
+    # fresh ([training](training.html))
     init_from: str = ''
-    # Whether training steps run the model through `torch.compile`
-    compile: bool = False
-    # The model as training steps call it: `model` itself, or its compiled wrapper. Checkpoints
-    # and sampling always use `model`, so state-dict names never carry the wrapper's prefix.
-    train_model: torch.nn.Module
 
     # The labml GPT recipe
 
@@ -115,12 +94,6 @@ class Configs(NLPAutoRegressionConfigs):
     seq_len: int = 128
     # Windows of `seq_len` tokens per optimizer step
     batch_size: int = 128
-    # Passes over the training split
-    epochs: int = 32
-    # Train/valid switches per epoch (a validation after each stretch of training)
-    inner_iterations: int = 10
-    # Number of tokens sampled at every train/valid switch
-    sample_tokens: int = 25
 
     # A text file or a folder of `.txt` files, with `text=file`
     text_file: str = ''
@@ -130,31 +103,8 @@ class Configs(NLPAutoRegressionConfigs):
     train_loader = 'shuffled_windows'
     valid_loader = 'shuffled_windows'
 
-    # Wall-clock minutes after which a checkpoint is added at the next step, besides the ones
-    # at the end of each epoch (0: only those)
-    checkpoint_minutes: float = 10.0
-
-    # Training steps between two reports of loss and accuracy to labml's tracker. Metrics are
-    # summed on the device in between, so that no step waits for the device to report.
-    log_interval: int = 10
-    # Batches drawn at random from the validation split for each validation (nanoGPT's
-    # `eval_iters`), so that validation can run often; the run's last validation is over the
-    # whole split. 0: each validation is its stretch's share of the split (labml's way).
-    valid_batches: int = 0
-    validator = 'valid_batches'
-
-    # Epochs to run: `epochs`, less those a resumed checkpoint has done
-    loop_count = 'remaining_epochs'
-
-    # Stop requests (Ctrl-C, SIGTERM) while training ([stops](stops.html))
-    _stop = None
-    # When a checkpoint is next due, by `checkpoint_minutes` ([checkpoints](checkpoints.html))
-    _checkpoint_timer = None
-    # Loss and accuracy since the last report, on the device ([metrics](metrics.html))
-    _metrics = None
-    # Whole epochs trained (saved in checkpoints, for resume)
-    _epochs_done = 0
-    # The tokenizer of the run being resumed, which the corpus is encoded with (never rebuilt)
+    # The tokenizer of the run this one continues (resumed, or `init_from`), which the corpus
+    # is encoded with as it is, never rebuilt; set by [training](training.html)
     _run_tokenizer = None
 
     def __init__(self, **kwargs):
@@ -167,19 +117,20 @@ class Configs(NLPAutoRegressionConfigs):
                           ('valid_loader', 'shuffled_valid_loader')):
             labml_glue.withdraw_option(self, key, name)
 
-    # labml_helpers' loop calls these methods; the work is in [steps](steps.html).
 
-    def init(self):
-        steps.init(self)
+# Every key that changes what the model computes: its shape, the meaning of its weights and of
+# its token ids. A run that continues another (`--resume`, or `init_from`) cannot change them;
+# with learned positions, `seq_len` is among them too (the table has `seq_len` rows).
+MODEL_KEYS = ('transformer.d_model', 'transformer.n_heads', 'transformer.n_layers',
+              'transformer.ffn.d_ff', 'transformer.ffn.activation', 'transformer.ffn.is_gated',
+              'transformer.ffn.bias1', 'transformer.ffn.bias2', 'transformer.ffn.bias_gate',
+              'transformer.ffn.glu_variant', 'transformer.encoder_layer', 'transformer.src_embed',
+              'tie_embeddings', 'tokenizer', 'bpe_vocab_size', 'bpe_train_bytes')
 
-    def step(self, batch, batch_idx: BatchIndex):
-        steps.step(self, batch, batch_idx)
 
-    def sample(self):
-        steps.sample(self)
-
-    def run(self):
-        steps.run(self)
+def model_keys(src_embed: str) -> tuple:
+    """`MODEL_KEYS`, and `seq_len` when the positions are a learned table of `seq_len` rows."""
+    return MODEL_KEYS + (('seq_len',) if src_embed == 'learned_pos' else ())
 
 
 @option(Configs.device, 'device_configs')
@@ -189,6 +140,13 @@ def _device_configs() -> DeviceConfigs:
     conf.cuda_device = distributed.world().local_rank
     return conf
 
+
+# ## Precision
+#
+# bf16 autocast pays only where the hardware multiplies bf16 matrices natively, at about twice
+# the fp32 rate: CUDA GPUs with bf16 tensor cores (Ampere and later), and CPUs with AVX512-BF16
+# or AMX. Elsewhere bf16 is emulated and slower than fp32. `dtype=auto` asks the hardware at
+# run time; the run's `configs.yaml` records `auto` and its log says which it took.
 
 @option(Configs.dtype, 'float32')
 def _float32():
@@ -205,39 +163,40 @@ def _float16():
     return torch.float16
 
 
+def has_bf16_units(device: torch.device) -> bool:
+    """Whether `device` multiplies bf16 matrices in hardware."""
+    if device.type == 'cuda':
+        # compute capability 8.0 (Ampere) and up; earlier GPUs emulate it
+        return torch.cuda.is_bf16_supported(including_emulation=False)
+    if device.type == 'cpu':
+        return bool(cpu_flags() & {'avx512_bf16', 'amx_bf16'})
+    return False
+
+
+def cpu_flags() -> set:
+    """The CPU's feature flags as Linux lists them (empty elsewhere)."""
+    try:
+        text = Path('/proc/cpuinfo').read_text()
+    except OSError:
+        return set()
+    for line in text.splitlines():
+        if line.startswith('flags'):
+            return set(line.split(':', 1)[1].split())
+    return set()
+
+
 @option(Configs.dtype, 'auto')
 def _auto_dtype(c: Configs):
-    # bf16 autocast where the device has bf16 units, fp32 elsewhere ([precision](precision.html))
-    dtype = precision.auto_dtype(c.device)
+    """bf16 where the device has bf16 units, fp32 elsewhere."""
+    dtype = torch.bfloat16 if has_bf16_units(c.device) else torch.float32
     logger.log([('dtype=auto: ', Text.key), (str(dtype).replace('torch.', ''), Text.value)])
     return dtype
 
 
-@option(Configs.grad_scaler)
-def _grad_scaler(c: Configs):
-    return torch.amp.GradScaler(c.device.type, enabled=c.dtype == torch.float16)
-
-
 @option(Configs.state_modules)
 def _no_state_modules():
-    """No state modules: accuracy is counted on the device by `step`."""
+    """No state modules: the trainer counts accuracy on the device."""
     return []
-
-
-@option(Configs.train_model)
-def _train_model(c: Configs):
-    model = distributed.wrap(c.model)
-    # Static shapes: an epoch's last, smaller batch gets a graph of its own, rather than
-    # turning every step's graph into a slower dynamic-shape one.
-    return torch.compile(model, dynamic=False) if c.compile else model
-
-
-@option(Configs.loop_count)
-def remaining_epochs(c: Configs):
-    if c._epochs_done >= c.epochs:
-        raise UserError(f'the checkpoint has done {c._epochs_done} of epochs={c.epochs}; '
-                        f'give a larger epochs=N to train longer')
-    return c.epochs - c._epochs_done
 
 
 @option(Configs.d_model, 'transformer_width')
@@ -249,14 +208,6 @@ def _transformer_width(c: Configs) -> int:
 # GPT's GELU, and labml_nn's attention on PyTorch's fused kernel (the same computation and
 # parameters, faster: benchmarks/throughput.py; `transformer.encoder_attn=mha` is the stock module).
 GPT_TRANSFORMER = {'ffn.activation': 'GELU', 'encoder_attn': 'sdpa'}
-# The defaults a run has for the keys of nested configs, for `--help`: what the options set, and
-# what follows other keys
-EFFECTIVE_DEFAULTS = {
-    **{f'transformer.{k}': v for k, v in GPT_TRANSFORMER.items()},
-    **{f'optimizer.{k}': v for k, v in GPT_OPTIMIZER.items()},
-    'optimizer.learning_rate': '= learning_rate', 'optimizer.weight_decay': '= weight_decay',
-    'optimizer.warmup': '= warmup_steps / (batch_size x seq_len)', 'optimizer.total_steps': '= epochs x batches of an epoch',
-}
 
 
 @option(Configs.transformer, 'GPT')
@@ -282,7 +233,7 @@ def _model(c: Configs) -> GPT:
     """
     torch.manual_seed(c.seed)
     encoder = c.transformer.encoder
-    if isinstance(c.transformer.encoder_layer, gpt1.PostLNTransformerLayer):
+    if isinstance(c.transformer.encoder_layer, PostLNTransformerLayer):
         # Post-LN layers end normalised; GPT-1 has no final LayerNorm.
         encoder.norm = torch.nn.Identity()
     m = GPT(encoder, crop_positions(c.transformer.src_embed, c.seq_len), c.transformer.generator,
@@ -292,18 +243,15 @@ def _model(c: Configs) -> GPT:
 
 
 @option(Configs.optimizer)
-def transformer_optimizer(c: Configs) -> OptimizerConfigs:
+def transformer_optimizer(c: Configs) -> GPTOptimizerConfigs:
     """
     ### minGPT optimizer
 
-    Warm-up and total length are given in tokens and epochs, and converted to optimizer steps
-    ([lr_schedule](lr_schedule.html)).
+    Adam on two parameter groups, those that decay and those that do not.
     """
     groups = decay_groups(c.model, c.weight_decay, c.weight_decay_params)
     return gpt_optimizer_configs(groups, weight_decay=c.weight_decay, learning_rate=c.learning_rate,
-                                 d_model=c.transformer.d_model,
-                                 warmup=lr_schedule.warmup(c.warmup_steps, c.batch_size * c.seq_len),
-                                 total_steps=lr_schedule.total_steps(c.epochs, len(c.train_loader)))
+                                 d_model=c.transformer.d_model)
 
 
 @option(Configs.weight_decay_params, 'linear')
@@ -348,18 +296,12 @@ def text_file(c: Configs) -> corpus.Corpus:
 
 @option(Configs.train_loader, 'shuffled_windows')
 def _train_loader(c: Configs):
-    return batches.shuffled_windows(c.text.train, batch_size=c.batch_size, seq_len=c.seq_len,
-                                    device=c.device, seed=c.seed)
+    return corpus.shuffled_windows(c.text.train, batch_size=c.batch_size, seq_len=c.seq_len, device=c.device,
+                                   seed=c.seed, stream='train')
 
 
 @option(Configs.valid_loader, 'shuffled_windows')
 def _valid_loader(c: Configs):
-    # Its own generator, so that validation does not move the training order
-    return batches.shuffled_windows(c.text.valid, batch_size=c.batch_size, seq_len=c.seq_len,
-                                    device=c.device, seed=c.seed + 1)
-
-
-@option(Configs.validator, 'valid_batches')
-def _validator(c: Configs) -> Trainer:
-    """labml_helpers' validator, on `valid_batches` random batches when that is set ([steps](steps.html))."""
-    return steps.validator(c)
+    # An order of its own, so that validation does not move the training order
+    return corpus.shuffled_windows(c.text.valid, batch_size=c.batch_size, seq_len=c.seq_len, device=c.device,
+                                   seed=c.seed, stream='valid')

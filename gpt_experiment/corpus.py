@@ -4,8 +4,8 @@
 A corpus is UTF-8 text: one file, a folder of `.txt` files read in sorted order, or the Tiny
 Shakespeare that ships with the package. Whatever its size and tokenizer, it becomes one thing,
 a `Corpus`: the tokenizer and the token ids of a training and a validation split, as NumPy
-arrays. `load` is the one function that reads, checks and splits; batches are cut from the
-arrays by [batches](batches.html).
+arrays. `load` is the one function that reads, checks and splits; [batches](#batches) are cut
+from the arrays by index.
 
 * **The split.** The first 90% of the corpus's *bytes* trains and the rest validates, the cut
   moved forward to the next character boundary; `valid_text=<path>` gives a separate
@@ -21,16 +21,20 @@ arrays by [batches](batches.html).
   pages a batch touches are read.
 * **The cache** is `<file or folder>.cache/` beside the corpus (labml's `data/cache/` when that
   is read-only). It is keyed by the *content*: a hash of the corpus's bytes, streamed, with the
-  split and the tokenizer, so any edit is a new key, whatever the file's size and time. It
-  holds the tokenizer (`tokenizer-<key>.json`), the token ids (`<split>-<key>.u16`, or `.u32`
-  past 65,536 tokens) and a record of their lengths (`tokens-<key>.json`), written last. On
-  load the cache is checked against its record (lengths, and every id below the vocabulary
-  size); a cache that fails is said so in one line and built again. Files are written under a
-  temporary name that names the writer and renamed when complete; what a killed writer left is
-  removed the next time a run uses the folder.
+  split and the tokenizer's settings, so any edit is a new key, whatever the file's size and
+  time. It holds the tokenizer (`tokenizer-<key>.json`), the token ids (`<split>-<key>.u16`, or
+  `.u32` past 65,536 tokens) and a record (`tokens-<key>.json`, written last) of their lengths
+  and of the tokenizer's own digest. Nothing read back is trusted: the tokenizer must have the
+  digest the record gives, the token files the lengths, and every id must be below the
+  vocabulary size. A cache that fails is said so in one line and built again, tokenizer
+  included. Files are written under a temporary name that names the writer and renamed when
+  complete ([files](files.html)); what a killed writer left is removed the next time a run
+  uses the folder.
 * **Checks.** A path that is missing or not a regular file (a FIFO, `/dev/zero`), a folder
   without `.txt` files, an empty corpus, bytes that are not UTF-8 (the file and offset named),
   and a split shorter than `seq_len + 1` tokens are each a `UserError`.
+* **The digest** of the corpus (`Corpus.digest`, a hash of its bytes and split) goes into every
+  checkpoint, so that a resumed run can tell when the text under it has changed.
 * Text is encoded in chunks that end at a newline; a BPE word never spans a line, so this is
   the encoding of the whole text, except that a run of blank lines may be cut differently.
 """
@@ -41,7 +45,6 @@ import hashlib
 import io
 import json
 import os
-import stat
 from importlib import resources
 from pathlib import Path
 from typing import BinaryIO, Callable, Iterator, List, NamedTuple, Optional
@@ -52,7 +55,7 @@ import torch
 from labml import lab, logger, monit
 from labml.logger import Text
 
-from . import checkpoints, tokenizers
+from . import distributed, files, tokenizers
 from .errors import UserError
 
 # Corpora up to this size are tokenised in memory; larger ones are cached and memory-mapped.
@@ -74,12 +77,14 @@ class BPE:
 class Corpus:
     """The tokenizer and the token ids of the two splits (in memory, or memory-mapped)."""
 
-    def __init__(self, name: str, tokenizer, train: np.ndarray, valid: np.ndarray):
+    def __init__(self, name: str, tokenizer, train: np.ndarray, valid: np.ndarray, digest: str = ''):
         self.name = name
         self.tokenizer = tokenizer
         self.n_tokens = tokenizer.n_tokens
         self.train = train
         self.valid = valid
+        # A hash of the text's bytes and its split
+        self.digest = digest
 
     def text_to_i(self, text: str) -> torch.Tensor:
         """Token ids of `text`, as labml_nn's `TextDataset.text_to_i`."""
@@ -109,19 +114,9 @@ class Source(NamedTuple):
         return sum(p.size for p in self.parts)
 
 
-def regular_file(path) -> Path:
-    """
-    `path`, when it is a regular file. `stat` does not open the file: a FIFO or a device
-    (`/dev/zero`, `/dev/urandom`) is refused before anything waits on it or reads it forever.
-    """
-    path = Path(path)
-    if not stat.S_ISREG(path.stat().st_mode):
-        raise UserError(f'{path} is not a regular file')
-    return path
-
-
 def _part(path: Path) -> Part:
-    path = regular_file(path)
+    # A FIFO or a device (`/dev/zero`) is refused before anything waits on it or reads it forever.
+    path = files.regular_file(path)
     return Part(str(path), path.stat().st_size, lambda: open(path, 'rb'))
 
 
@@ -278,78 +273,87 @@ def cache_dir(src: Source) -> Path:
     try:
         folder.mkdir(exist_ok=True)
         if os.access(folder, os.W_OK):
-            checkpoints.remove_leftovers(folder)
+            files.remove_leftovers(folder)
             return folder
     except OSError:
         pass
     folder = Path(lab.get_data_path()) / 'cache' / hashlib.sha1(str(path).encode()).hexdigest()[:16]
-    folder.mkdir(parents=True, exist_ok=True)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise files.cannot_write(folder, e) from None
     # What killed writers left here goes before anything new is written.
-    checkpoints.remove_leftovers(folder)
+    files.remove_leftovers(folder)
     return folder
 
 
-def _tmp(path: Path) -> Path:
-    # Written under a temporary name and renamed when complete: never a half-written cache file.
-    return checkpoints.temporary(path)
+def _digest(text: str) -> str:
+    return hashlib.sha256(text.encode('utf-8')).hexdigest()
 
 
-def _read_cache(folder: Path, key: str, tokenizer, splits) -> Optional[dict]:
-    """The cached token arrays of `splits`, when the record is there and they match it."""
+def _read_cache(folder: Path, key: str, splits, vocabulary) -> Optional[tuple]:
+    """
+    The tokenizer and the token arrays of `splits`, when the record is there and everything
+    matches it; `None` (with a warning) when anything does not.
+    """
     record_file = folder / f'tokens-{key}.json'
     if not record_file.exists():
         return None
-    dtype = token_dtype(tokenizer)
+
+    def stale(what: str):
+        logger.log(f'Token cache in {folder}: {what}; tokenising again.', Text.warning)
+
     try:
-        record = json.loads(record_file.read_text(encoding='utf-8'))
-    except (OSError, ValueError):
-        record = {}
+        record = json.loads(files.read_text(record_file))
+        tokenizer = vocabulary
+        if tokenizer is None:
+            tokenizer = tokenizers.from_json(files.read_text(folder / f'tokenizer-{key}.json'))
+    except Exception as e:  # a damaged record or tokenizer file, whatever its parser makes of it
+        return stale(f'{e.__class__.__name__}: {e}')
+    # The tokenizer is the one the ids were made with, byte for byte.
+    if not isinstance(record, dict) or record.get('tokenizer') != _digest(tokenizer.to_json()):
+        return stale('the tokenizer is not the one its token ids were made with')
+    dtype = token_dtype(tokenizer)
     arrays = {}
     for name in splits:
         path = folder / f'{name}-{key}.u{dtype.itemsize * 8}'
-        n = record.get(name) if isinstance(record, dict) else None
+        n = record.get(name)
         # The file is exactly as long as the record says, and every id is in the vocabulary.
         if not isinstance(n, int) or not path.is_file() or path.stat().st_size != n * dtype.itemsize:
-            logger.log(f'Token cache {path} does not match its record; tokenising again.', Text.warning)
-            return None
+            return stale(f'{path.name} does not match its record')
         tokens = np.memmap(path, dtype=dtype, mode='r') if n else np.zeros(0, dtype)
         if n and int(tokens.max()) >= tokenizer.n_tokens:
-            logger.log(f'Token cache {path} has ids outside the vocabulary; tokenising again.', Text.warning)
-            return None
+            return stale(f'{path.name} has ids outside the vocabulary')
         arrays[name] = tokens
-    return arrays
+    return tokenizer, arrays
 
 
-def _cached_tokens(src: Source, valid_src: Optional[Source], spec, spans, vocabulary) -> tuple:
+def _write(path: Path, write: Callable[[BinaryIO], None]):
+    files.write_atomically(path, write)
+
+
+def _cached_tokens(src: Source, corpus_key: str, spec, spans, vocabulary) -> tuple:
     """The tokenizer and the memory-mapped token ids of each split, from the cache or made into it."""
     folder = cache_dir(src)
-    with monit.section('Hash corpus'):
-        corpus_key = content_hash(src, *([valid_src] if valid_src else [])) + f'-{spans["training"].end}'
-    spec_name = f'bpe{spec.vocab_size}-{spec.train_bytes}' if isinstance(spec, BPE) else 'character'
-    tokenizer_file = folder / f'tokenizer-{_key(corpus_key, spec_name)}.json'
-    if vocabulary is not None:
-        tokenizer = vocabulary
-    elif tokenizer_file.exists():
-        tokenizer = tokenizers.from_json(tokenizer_file.read_text(encoding='utf-8'))
-    else:
-        tokenizer = _build_tokenizer(spec, spans['training'], spans['validation'])
-        _tmp(tokenizer_file).write_text(tokenizer.to_json(), encoding='utf-8')
-        _tmp(tokenizer_file).replace(tokenizer_file)
+    # A run that continues another brings its tokenizer: its digest is part of the key.
+    made_by = f'bpe{spec.vocab_size}-{spec.train_bytes}' if isinstance(spec, BPE) else 'character'
+    key = _key(corpus_key, _digest(vocabulary.to_json()) if vocabulary is not None else made_by)
+    cached = _read_cache(folder, key, spans, vocabulary)
+    if cached is not None:
+        return cached
+    tokenizer = vocabulary or _build_tokenizer(spec, spans['training'], spans['validation'])
+    if vocabulary is None:
+        _write(folder / f'tokenizer-{key}.json', lambda f: f.write(tokenizer.to_json().encode('utf-8')))
+    record = {'tokenizer': _digest(tokenizer.to_json())}
+    for name, span in spans.items():
+        path = folder / f'{name}-{key}.u{token_dtype(tokenizer).itemsize * 8}'
 
-    key = _key(corpus_key, tokenizer.to_json())
-    arrays = _read_cache(folder, key, tokenizer, spans)
-    if arrays is None:
-        record = {}
-        for name, span in spans.items():
-            path = folder / f'{name}-{key}.u{token_dtype(tokenizer).itemsize * 8}'
-            with open(_tmp(path), 'wb') as out:
-                record[name] = tokenise(span, tokenizer, out, name)
-            _tmp(path).replace(path)
-        record_file = folder / f'tokens-{key}.json'
-        _tmp(record_file).write_text(json.dumps(record), encoding='utf-8')
-        _tmp(record_file).replace(record_file)
-        arrays = _read_cache(folder, key, tokenizer, spans)
-    return tokenizer, arrays
+        def write(out, name=name, span=span):
+            record[name] = tokenise(span, tokenizer, out, name)
+        _write(path, write)
+    # The record last: without it, nothing above is read back.
+    _write(folder / f'tokens-{key}.json', lambda f: f.write(json.dumps(record).encode('utf-8')))
+    return _read_cache(folder, key, spans, vocabulary)
 
 
 def _key(*parts) -> str:
@@ -357,15 +361,6 @@ def _key(*parts) -> str:
 
 
 # ## The one loader
-
-def check_vocabulary(vocabulary, name: str, texts: Iterator[str]):
-    """Refuse a corpus with characters that a run's fixed vocabulary lacks (they would be dropped)."""
-    missing = sorted({c for text in texts for c in vocabulary.unknown(text)})
-    if missing:
-        shown = ' '.join(map(repr, missing[:10])) + (f' and {len(missing) - 10} more' if len(missing) > 10 else '')
-        raise UserError(f'{name} has characters that are not in the vocabulary of the run it continues from: {shown}; '
-                        f'a run keeps its tokenizer')
-
 
 def load(src: Source, tokenizer_spec, *, seq_len: int, valid_src: Optional[Source] = None,
          vocabulary=None) -> Corpus:
@@ -385,9 +380,12 @@ def load(src: Source, tokenizer_spec, *, seq_len: int, valid_src: Optional[Sourc
             raise UserError(f'corpus is empty: {valid_src.name}')
         spans = {'training': Span(src, 0, src.size), 'validation': Span(valid_src, 0, valid_src.size)}
 
-    if isinstance(vocabulary, tokenizers.CharacterTokenizer):
-        check_vocabulary(vocabulary, src.name, (chunk for span in spans.values() for chunk in stream_text(span)))
+    if vocabulary is not None:
+        tokenizers.check_encodable(vocabulary, (chunk for span in spans.values() for chunk in stream_text(span)),
+                                   src.name, ' of the run it continues from', '; a run keeps its tokenizer')
 
+    with monit.section('Hash corpus'):
+        digest = content_hash(src, *([valid_src] if valid_src else [])) + f'-{spans["training"].end}'
     if src.size + (valid_src.size if valid_src else 0) <= IN_MEMORY_BYTES:
         # Small: tokenised in memory, nothing written
         tokenizer = vocabulary or _build_tokenizer(tokenizer_spec, spans['training'], spans['validation'])
@@ -397,10 +395,128 @@ def load(src: Source, tokenizer_spec, *, seq_len: int, valid_src: Optional[Sourc
             tokenise(span, tokenizer, out, name)
             arrays[name] = np.frombuffer(out.getvalue(), dtype=token_dtype(tokenizer))
     else:
-        tokenizer, arrays = _cached_tokens(src, valid_src, tokenizer_spec, spans, vocabulary)
+        tokenizer, arrays = _cached_tokens(src, digest, tokenizer_spec, spans, vocabulary)
 
     for name, tokens in arrays.items():
         if len(tokens) < seq_len + 1:
             raise UserError(f'the {name} split of {src.name} has {len(tokens)} tokens; '
                             f'seq_len={seq_len} needs at least {seq_len + 1}')
-    return Corpus(src.name, tokenizer, arrays['training'], arrays['validation'])
+    return Corpus(src.name, tokenizer, arrays['training'], arrays['validation'], digest)
+
+
+# <a id="batches"></a>
+# ## Batches
+#
+# Batches are cut from the token ids of a split by index: each epoch draws a random offset for
+# every `seq_len` window, shuffles the windows, and gathers a whole batch with one indexing
+# operation. That is the sampling of labml_nn's `shuffled_train_loader`, without collating
+# samples one by one in Python.
+
+def epoch_generator(seed: int, stream: str, epoch: int) -> torch.Generator:
+    """
+    The generator of epoch `epoch` of a data order: seeded from the run's `seed`, the order's
+    name and the epoch, as PyTorch's `DistributedSampler.set_epoch` seeds each epoch. So an
+    epoch's order is a function of where training stands, and a resumed run draws it again
+    without having saved any generator.
+    """
+    h = hashlib.blake2b(f'{seed}/{stream}/{epoch}'.encode(), digest_size=8).digest()
+    return torch.Generator().manual_seed(int.from_bytes(h, 'little') >> 1)
+
+
+class ShuffledWindows:
+    r"""
+    The epochs of `[seq_len, batch_size]` input and target batches of the token ids of a split.
+
+    Window $i$ starts at $i \cdot \text{seq\_len} + r_i$ with a random offset
+    $0 \le r_i < \text{seq\_len}$ (kept inside the text), so that every epoch sees different
+    cuts of the same text; targets are the inputs shifted by one token. The offsets and the
+    order of epoch $e$ come from `epoch_generator(seed, stream, e)`.
+
+    With several processes every rank draws the same windows and keeps slice `rank` of
+    `world_size` equal slices of each batch; windows that do not split evenly at the end of an
+    epoch are dropped.
+    """
+
+    def __init__(self, tokens, *, batch_size: int, seq_len: int, device: torch.device = None, seed: int = 0,
+                 stream: str = 'train', rank: int = 0, world_size: int = 1):
+        # A memory-mapped array stays on disk: each batch gathers its windows from it and only
+        # the batch goes to `device`. Ids in memory go to the device once, as one tensor.
+        self.on_disk = isinstance(tokens, np.memmap)
+        if self.on_disk:
+            self.tokens = tokens
+            self.device = device if device is not None else torch.device('cpu')
+        else:
+            if isinstance(tokens, np.ndarray):
+                tokens = torch.from_numpy(tokens.astype(np.int64))
+            self.tokens = tokens.to(device) if device is not None else tokens
+            self.device = self.tokens.device
+        self.batch_size = batch_size
+        self.seq_len = seq_len
+        self.seed, self.stream = seed, stream
+        self.rank = rank
+        self.world_size = world_size
+        self.n_windows = (len(tokens) - 1) // seq_len
+        # `[0, 1, ..., seq_len]`, added to each start to gather a window and its next token.
+        self.span = torch.arange(seq_len + 1, device='cpu' if self.on_disk else self.device)
+        # The window starts of the last epoch asked for, which its stretches share
+        self._cached = (None, None)
+
+    def __len__(self):
+        """Batches of an epoch; a last one that does not split over the processes is dropped."""
+        last = self.n_windows % self.batch_size
+        return self.n_windows // self.batch_size + (last - last % self.world_size > 0)
+
+    @property
+    def windows_per_epoch(self) -> int:
+        """The windows an epoch trains on, over all the processes."""
+        last = self.n_windows % self.batch_size
+        return self.n_windows - last % self.world_size
+
+    def starts(self, epoch: int) -> torch.Tensor:
+        """Where each window of epoch `epoch` starts in the text, in the epoch's order."""
+        generator = epoch_generator(self.seed, self.stream, epoch)
+        starts = torch.arange(self.n_windows) * self.seq_len
+        # The largest offset that keeps `start + seq_len` a valid target index.
+        room = (len(self.tokens) - 1 - self.seq_len - starts).clamp(max=self.seq_len - 1)
+        starts += (torch.rand(self.n_windows, generator=generator) * (room + 1)).long()
+        return starts[torch.randperm(self.n_windows, generator=generator)][:self.windows_per_epoch]
+
+    def epoch(self, epoch: int, start: int = 0, stop: Optional[int] = None) -> Iterator[tuple]:
+        """
+        The batches of epoch `epoch`, from its window `start` (a resumed run's place) to window
+        `stop`, each as `(inputs, targets, windows)`: `windows` is how far the batch moves the
+        position in the epoch. Batches are cut at multiples of `batch_size` windows from the
+        epoch's start, so one that resumes between two cuts is short.
+        """
+        if self._cached[0] != epoch:
+            self._cached = (epoch, self.starts(epoch))
+        starts = self._cached[1]
+        stop = len(starts) if stop is None else min(stop, len(starts))
+        while start < stop:
+            end = min(stop, (start // self.batch_size + 1) * self.batch_size)
+            # Every process takes an equal slice; windows left over are passed over.
+            used = starts[start:end - (end - start) % self.world_size]
+            if len(used):
+                yield (*self.batch(used), end - start)
+            start = end
+
+    def batch(self, batch_starts: torch.Tensor) -> tuple:
+        """The inputs and targets of the windows at `batch_starts`, this process's slice of them."""
+        if self.world_size > 1:
+            batch_starts = batch_starts.chunk(self.world_size)[self.rank]
+        # `[batch_size, seq_len + 1]` -> sequence first `[seq_len + 1, batch_size]`
+        index = batch_starts.to(self.span.device)[:, None] + self.span
+        if self.on_disk:
+            windows = torch.from_numpy(self.tokens[index.numpy()].astype(np.int64)).to(self.device)
+        else:
+            windows = self.tokens[index]
+        windows = windows.t().contiguous()
+        return windows[:-1], windows[1:]
+
+
+def shuffled_windows(tokens, *, batch_size: int, seq_len: int, device: torch.device, seed: int,
+                     stream: str) -> ShuffledWindows:
+    """The batches of a split for this process, in orders seeded by `seed` and the split's `stream`."""
+    w = distributed.world()
+    return ShuffledWindows(tokens, batch_size=batch_size, seq_len=seq_len, device=device, seed=seed, stream=stream,
+                           rank=w.rank, world_size=w.size)

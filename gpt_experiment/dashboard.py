@@ -154,24 +154,29 @@ def claim(url: str, run_uuid: str) -> bool:
 
 @commands.command
 def main(argv=None) -> int:
-    parser = commands.Parser(prog='python -m gpt_experiment.dashboard',
-                             description="Start labml's dashboard (labml-app) in the foreground.")
+    """`gpt-dashboard` and `python -m gpt_experiment.dashboard`: the app in the foreground."""
+    parser = commands.Parser(prog='gpt-dashboard', description="Start labml's dashboard (labml-app) in the foreground.")
     parser.add_argument('--host', default=DEFAULT_HOST, help='address to bind (default: loopback only)')
     parser.add_argument('--port', type=int, default=DEFAULT_PORT, help='port (default: 5005)')
-    args = parser.parse_args(argv)
+    args = parser.parse_args(commands.argv_of(argv))
+    return serve(args.host, args.port)
+
+
+def serve(host: str, port: int) -> int:
+    """Run labml's app on `host:port`, in place of this process."""
     if importlib.util.find_spec('labml_app') is None:
         raise UserError('labml-app is not installed; pip install "gpt-experiment[dashboard]"')
-    print(f'labml dashboard: http://{args.host}:{args.port}/', flush=True)
-    print(f'runs point at it with labml_server={api_url(args.host, args.port)} '
-          f'(or web_api: {api_url(args.host, args.port)}/track? in .labml.yaml)', flush=True)
+    print(f'labml dashboard: http://{host}:{port}/', flush=True)
+    print(f'runs point at it with labml_server={api_url(host, port)} '
+          f'(or web_api: {api_url(host, port)}/track? in .labml.yaml)', flush=True)
     data = data_folder()
     data.mkdir(parents=True, exist_ok=True)
     print(f'dashboard data: {data}', flush=True)
     # What `labml app-server` runs (`labml_app.start_server`): gunicorn with one uvicorn worker,
     # here in place of this process, so that Ctrl-C and signals reach it directly.
-    env = dict(os.environ, LABML_APP_SERVER_IP=args.host, LABML_APP_SERVER_PORT=str(args.port))
+    env = dict(os.environ, LABML_APP_SERVER_IP=host, LABML_APP_SERVER_PORT=str(port))
     # The app writes `labml_app.log` into its current directory: `--chdir` makes that its data folder.
-    os.execve(sys.executable, [sys.executable, '-m', 'gunicorn', '--bind', f'{args.host}:{args.port}', '-w', '1',
+    os.execve(sys.executable, [sys.executable, '-m', 'gunicorn', '--bind', f'{host}:{port}', '-w', '1',
                                '--chdir', str(data),
                                '-k', 'uvicorn.workers.UvicornWorker', 'labml_app.flask_app:app'], env)
 

@@ -26,6 +26,7 @@ Only rank 0 prints, tracks, samples and writes checkpoints; the others are silen
 Without torchrun (`RANK` and `WORLD_SIZE` unset) everything here is a no-op and there is one process.
 """
 
+import contextlib
 import os
 import sys
 from typing import List, NamedTuple, Optional
@@ -104,6 +105,14 @@ def wrap(model: torch.nn.Module) -> torch.nn.Module:
     from torch.nn.parallel import DistributedDataParallel
     device_ids = [_world.local_rank] if next(model.parameters()).is_cuda else None
     return DistributedDataParallel(model, device_ids=device_ids)
+
+
+def sync_gradients(model: torch.nn.Module, sync: bool):
+    """
+    A block whose backward pass averages the gradients over the ranks (`sync`), or only adds
+    them up locally: DDP's `no_sync`, for every micro-batch of a batch but the last.
+    """
+    return model.no_sync() if not sync and hasattr(model, 'no_sync') else contextlib.nullcontext()
 
 
 def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:

@@ -14,3 +14,7 @@ class UserError(Exception):
         # What the user typed is quoted in the message; a newline or another control character
         # in it is shown escaped, so that the message stays one line.
         return ''.join(c if c.isprintable() else repr(c)[1:-1] for c in super().__str__())
+
+
+class LossNotFinite(Exception):
+    """A loss that is NaN or infinite, found at a report; nothing is saved after it."""

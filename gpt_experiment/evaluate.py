@@ -2,11 +2,12 @@
 # Evaluate a checkpoint on a text
 
 ```
-gpt-evaluate --run RUN [--checkpoint STEP] --text FILE [--json] [--stride S] [--batch-size B] [--device D]
+gpt-evaluate [--run RUN] [--checkpoint STEP] [--text FILE] [--json] [--stride S] [--batch-size B] [--device D]
 ```
 
-scores every token of a held-out UTF-8 text with a run's checkpoint, through the run's own
-tokenizer and context (`seq_len`), and reports
+scores every token of a held-out UTF-8 text (by default the run's own validation split) with a
+run's checkpoint (by default the newest run's newest), through the run's own tokenizer and
+context (`seq_len`), and reports
 
 * the **mean loss**, the cross-entropy in nats per token;
 * the **perplexity**, $e^{\text{loss}}$;
@@ -22,10 +23,10 @@ only the tokens it adds, with the `seq_len - stride` tokens before them as conte
 but the first (which has nothing to be predicted from) is scored exactly once.
 
 A file that is not UTF-8, or that has characters the run's tokenizer cannot encode (a character
-vocabulary misses them), is one line on stderr and exit status 2.
+vocabulary misses them), is one line on stderr and exit status 2; a loss that is not finite
+(damaged weights) is one line and exit status 3.
 """
 
-import argparse
 import contextlib
 import io
 import json
@@ -33,26 +34,21 @@ import math
 import sys
 from typing import Dict, List, Optional
 
-import torch
-import torch.nn.functional as F
-
-from labml import experiment
-
-from . import commands, console, corpus, generate, runs, tokenizers
-from .errors import UserError
+from . import commands, console, files, tokenizers
+from .errors import LossNotFinite, UserError
 
 
-def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
+def parser() -> commands.Parser:
     p = commands.Parser(prog='gpt-evaluate', description="Loss, perplexity, bits per character and per byte "
-                                                         "of a checkpoint on a text.")
-    p.add_argument('--run', required=True, help='run uuid, or a unique prefix of one')
+                                                "of a checkpoint on a text.")
+    p.add_argument('--run', help='run uuid, or a unique prefix of one (default: the newest run with a checkpoint)')
     p.add_argument('--checkpoint', type=int, default=None, help='global step of the checkpoint (default: newest)')
-    p.add_argument('--text', required=True, help='UTF-8 text file to score')
+    p.add_argument('--text', help="UTF-8 text file to score (default: the run's own validation split)")
     p.add_argument('--json', action='store_true', help='print the results as one JSON object')
     p.add_argument('--stride', type=int, default=None, help='tokens each window moves by (default: seq_len // 2)')
     p.add_argument('--batch-size', type=int, default=16, help='windows scored at once')
     p.add_argument('--device', default='cpu')
-    return p.parse_args(argv)
+    return p
 
 
 def windows(n_tokens: int, seq_len: int, stride: int) -> List[tuple]:
@@ -70,10 +66,10 @@ def windows(n_tokens: int, seq_len: int, stride: int) -> List[tuple]:
     return out
 
 
-@torch.no_grad()
-def total_loss(model: torch.nn.Module, ids: torch.Tensor, seq_len: int, stride: int, batch_size: int,
-               device: torch.device) -> float:
+def total_loss(model, ids, seq_len: int, stride: int, batch_size: int, device) -> float:
     """The summed cross-entropy (nats) of every token of `ids` but the first, window by window."""
+    import torch
+    import torch.nn.functional as F
     spans = windows(len(ids), seq_len, stride)
     total = torch.zeros((), dtype=torch.float64, device=device)
     # Windows of the same length go through the model together.
@@ -83,7 +79,8 @@ def total_loss(model: torch.nn.Module, ids: torch.Tensor, seq_len: int, stride: 
             same = [s for s in batch if s[1] - s[0] == length]
             # `[seq, batch]`: the model is sequence first
             tokens = torch.stack([ids[start:end] for start, end, _ in same], dim=1).to(device)
-            logits = model(tokens[:-1])[0].float()
+            with torch.no_grad():
+                logits = model(tokens[:-1])[0].float()
             nll = F.cross_entropy(logits.flatten(0, 1), tokens[1:].flatten(), reduction='none').view(length - 1, -1)
             # Only the tokens this window adds: position `i` of the window predicts token `start + i + 1`.
             for column, (start, _, first) in enumerate(same):
@@ -92,9 +89,10 @@ def total_loss(model: torch.nn.Module, ids: torch.Tensor, seq_len: int, stride: 
     return total.item()
 
 
-def evaluate(model: torch.nn.Module, tokenizer, text: str, *, seq_len: int, stride: int, batch_size: int = 16,
-             device: torch.device = torch.device('cpu')) -> Dict[str, float]:
+def evaluate(model, tokenizer, text: str, *, seq_len: int, stride: int, batch_size: int = 16,
+             device='cpu') -> Dict[str, float]:
     """The mean loss, perplexity, bits per token, per character and per byte of `text`."""
+    import torch
     ids = torch.tensor(tokenizer.encode(text), dtype=torch.long)
     if len(ids) < 2:
         raise UserError(f'the text has {len(ids)} token(s); scoring needs at least 2')
@@ -110,48 +108,37 @@ def evaluate(model: torch.nn.Module, tokenizer, text: str, *, seq_len: int, stri
             'bits_per_character': bits / characters, 'bits_per_byte': bits / n_bytes}
 
 
-def read_text(path: str, tokenizer) -> str:
-    """The file's text, refused in one line when it is not UTF-8 or not encodable by the run's tokenizer."""
-    try:
-        # a FIFO or a device is refused at once, never read
-        text = corpus.regular_file(path).read_text(encoding='utf-8')
-    except UnicodeDecodeError as e:
-        raise UserError(f'{path} is not UTF-8 (byte {e.start})') from None
-    except OSError as e:
-        raise UserError(f'cannot read {path}: {e.strerror}') from None
-    missing = tokenizer.unknown(text)
-    if missing:
-        raise UserError(f"{path} has characters the run's tokenizer cannot encode: " +
-                        ' '.join(map(repr, missing[:10])) + (' ...' if len(missing) > 10 else ''))
-    return text
-
-
 @commands.command
 def run(argv: Optional[List[str]] = None) -> int:
-    """The command line (`gpt-evaluate`; `argv` defaults to `sys.argv[1:]`)."""
-    args = parse_args(argv)
-    device = generate.check_device(args.device)
+    """`gpt-evaluate` and `python -m gpt_experiment.evaluate`."""
+    args = parser().parse_args(commands.argv_of(argv))
+    # imported once the arguments are parsed, so that `--help` answers at once
+    from labml import experiment
+    from . import runs
+    if args.batch_size < 1:
+        raise UserError(f'--batch-size must be at least 1, got {args.batch_size}')
     # labml reports what it builds on stdout, which is the results'
     with contextlib.redirect_stdout(io.StringIO()):
         experiment.create(name='evaluate', python_file=runs.project_path(), writers=set())
-        run_dir = runs.find_run(args.run)
-        checkpoint = runs.find_checkpoint(run_dir, args.checkpoint)
-        tokenizer = tokenizers.load(run_dir)
-        text = read_text(args.text, tokenizer)
-        model, conf = generate.load_model(run_dir, checkpoint, tokenizer, device)
+        run_dir, checkpoint = runs.find(args.run, args.checkpoint)
+        model, conf, tokenizer = runs.load_model(run_dir, checkpoint, args.device)
+        if args.text is not None:
+            text, name = files.read_text(args.text, max_bytes=1 << 30), args.text
+        else:
+            # The run's own validation split, read and split as the run did, with its tokenizer
+            conf._run_tokenizer = tokenizer
+            text, name = tokenizer.decode(conf.text.valid.tolist()), f'the validation split of {conf.text.name}'
+    tokenizers.check_encodable(tokenizer, text, name, " of the run's tokenizer")
     stride = conf.seq_len // 2 if args.stride is None else args.stride
     if not 1 <= stride <= conf.seq_len:
         raise UserError(f'--stride must be in [1, {conf.seq_len}], got {stride}')
-    if args.batch_size < 1:
-        raise UserError(f'--batch-size must be at least 1, got {args.batch_size}')
     results = evaluate(model, tokenizer, text, seq_len=conf.seq_len, stride=stride,
-                       batch_size=args.batch_size, device=device)
+                       batch_size=args.batch_size, device=next(model.parameters()).device)
+    if not math.isfinite(results['loss']):
+        raise LossNotFinite(f'the loss on {name} is not finite: the weights of {checkpoint} are damaged')
     results = {'run': runs.uuid_of(run_dir), 'name': run_dir.parent.name, 'checkpoint': int(checkpoint.name),
-               'text': args.text, 'seq_len': conf.seq_len, 'stride': stride, **results}
-    if args.json:
-        print(json.dumps(results))
-    else:
-        print(format_results(results))
+               'text': name, 'seq_len': conf.seq_len, 'stride': stride, **results}
+    print(json.dumps(results, allow_nan=False) if args.json else format_results(results))
     return 0
 
 

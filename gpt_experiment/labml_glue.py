@@ -57,19 +57,35 @@ def dashboard_sender_thread():
     return web_api.api_caller.thread if web_api is not None else None
 
 
-def start(daemon_sender: bool = False):
+def start(*, parent: Optional[str] = None, step: int = 0, daemon_sender: bool = False):
     """
-    `experiment.start()`. With `daemon_sender`, the dashboard sender that labml creates in it
-    is a daemon thread: labml's retries forever, and the interpreter would wait for it at exit
-    with the dashboard gone. labml passes no such argument, so its keyword default is changed
-    for the duration of this call only, and restored.
+    `experiment.start()`, for a run that continues run `parent` from global step `step`.
+
+    * labml would find the parent's checkpoint itself (`experiment.load`), through a lookup
+      that comes back empty without an error for some folder names, and load it through its
+      savers. The run store has found and loaded it already, so labml's private
+      `__start_from_checkpoint` is replaced, for this experiment only, by one that records the
+      parent (`load_run` in `run.yaml`) and gives the step, which labml then starts from.
+    * With `daemon_sender`, the dashboard sender that labml creates in it is a daemon thread:
+      labml's retries forever, and the interpreter would wait for it at exit with the
+      dashboard gone. labml passes no such argument, so its keyword default is changed for the
+      duration of this call only, and restored.
     """
     from labml.internal.api import ApiCaller
+    exp = _experiment()
+
+    def from_checkpoint(run_uuid, checkpoint):
+        exp.run.load_run = run_uuid
+        return step
+
+    exp._Experiment__start_from_checkpoint = from_checkpoint
+    # (and `experiment.load` of an earlier run in this process is forgotten)
+    experiment.load(None, None)
     defaults = ApiCaller.__init__.__kwdefaults__
     before = defaults['daemon']
     defaults['daemon'] = daemon_sender or before
     try:
-        return experiment.start()
+        return exp.start(run_uuid=parent, checkpoint=step if parent else None)
     finally:
         defaults['daemon'] = before
 
@@ -95,16 +111,6 @@ def configs_registry(configs: BaseConfigs) -> Tuple[Dict[str, Any], Dict[str, An
     def get(name):
         return object.__getattribute__(configs, f'_Configs__{name}')
     return get('types'), get('defaults'), get('options'), get('aggregates_options')
-
-
-def close_training_loop():
-    """
-    What labml_helpers' `TrainingLoop` does when its loop stops early (its private `__finish`,
-    without the checkpoint): end the progress line and write what the tracker holds.
-    """
-    monit.finish_loop()
-    tracker.save()
-    tracker.new_line()
 
 
 def withdraw_option(configs: BaseConfigs, key: str, name: str):

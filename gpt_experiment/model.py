@@ -1,40 +1,63 @@
 r"""
 # GPT
 
-A GPT is a stack of transformer layers that each position can only see the past through:
-a *causal* mask on self-attention. It is three parts, all built by labml_nn's
-`TransformerConfigs` and passed in here:
+A GPT is a stack of transformer layers in which each position sees only the past: a *causal*
+mask on self-attention. It is three parts, all built by labml_nn's `TransformerConfigs` and
+passed in here:
 
 * `src_embed`: token embeddings plus positional encodings,
 * `encoder`: the transformer layers under the causal mask,
 * `generator`: a linear layer from the last hidden state to logits over the vocabulary.
 
-Options of the GPT-1 paper (see [gpt1](gpt1.html)) that live here:
+This file also holds the two layers the labml recipe does not have:
 
-* `embedding_dropout`: dropout on the sum of token and position embeddings (labml_nn's
-  embedding modules have none);
-* `tie_embeddings`: the generator's weight *is* the token embedding matrix $W_e$. labml_nn's
-  embedding computes $\sqrt{d_{model}} W_e[x]$ (as Vaswani et al., who tie too), so with tying
-  the logits are $h W_e^\top$ and the input is the same rows scaled by $\sqrt{d_{model}}$;
-  GPT-1 itself has no such scale. The generator keeps its own bias;
-* learned position tables are cut to `seq_len` rows ([`crop_positions`](#crop_positions)),
-  and a post-LN encoder has no final LayerNorm.
+* [`SDPAttention`](#SDPAttention), labml_nn's attention on PyTorch's fused kernel
+  (`transformer.encoder_attn=sdpa`, the default);
+* [`PostLNTransformerLayer`](#PostLNTransformerLayer), GPT-1's post-LayerNorm layer
+  (`transformer.encoder_layer=post_ln`).
 
 Tensors are *sequence first*, `[seq_len, batch_size]`, as everywhere in labml_nn.
 """
 
+import copy
 import math
+from typing import Optional
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
-from labml_nn.transformers import Encoder
-from labml_nn.transformers.models import EmbeddingsWithLearnedPositionalEncoding, EmbeddingsWithPositionalEncoding
+from labml.configs import calculate, option
+from labml_nn.transformers import Encoder, TransformerConfigs
+from labml_nn.transformers.mha import MultiHeadAttention
+from labml_nn.transformers.models import (EmbeddingsWithLearnedPositionalEncoding, EmbeddingsWithPositionalEncoding,
+                                          TransformerLayer)
 
-from .attention import SDPAttention, batch_first, causal_mask
+
+def causal_mask(n_queries: int, device: torch.device, n_past: int = 0) -> torch.Tensor:
+    r"""
+    The causal mask, `[n_queries, n_past + n_queries, 1]`: `mask[i, j]` is true when query `i`,
+    at position `n_past + i`, may see key `j`, that is when `j <= n_past + i`. With `n_past=0`
+    (training) it is labml_nn's `subsequent_mask`, made on the device; decoding with a cache of
+    `n_past` keys ([sampling](sampling.html)) shifts the diagonal.
+    """
+    # Ones on and below the (shifted) diagonal; the last dimension broadcasts over the batch.
+    ones = torch.ones(n_queries, n_past + n_queries, dtype=torch.bool, device=device)
+    return ones.tril(diagonal=n_past).unsqueeze(-1)
 
 
 class GPT(nn.Module):
+    r"""
+    Options of the GPT-1 paper that live here:
+
+    * `embedding_dropout`: dropout on the sum of token and position embeddings (labml_nn's
+      embedding modules have none);
+    * `tie_embeddings`: the generator's weight *is* the token embedding matrix $W_e$.
+      labml_nn's embedding computes $\sqrt{d_{model}} W_e[x]$ (as Vaswani et al., who tie
+      too), so with tying the logits are $h W_e^\top$ and the input is the same rows scaled
+      by $\sqrt{d_{model}}$. The generator keeps its own bias.
+    """
+
     def __init__(self, encoder: Encoder, src_embed: nn.Module, generator: nn.Module, *,
                  embedding_dropout: float = 0.0, tie_embeddings: bool = False):
         super().__init__()
@@ -46,32 +69,27 @@ class GPT(nn.Module):
         if tie_embeddings:
             # `[n_vocab, d_model]` in both: `nn.Embedding` rows and `nn.Linear` output rows.
             self.generator.projection.weight = self.src_embed.linear.weight
-        # The causal mask `[seq_len, seq_len, 1]` is built on first use and cached;
-        # it is not a parameter nor a buffer, so it stays out of checkpoints.
-        self.mask = None
-        # With fused attention in every layer, the encoder runs *batch first* (see below).
-        self.batch_first = all(isinstance(layer.self_attn, SDPAttention) for layer in encoder.layers)
+        # With fused attention in every layer, the encoder runs *batch first*: the fused
+        # kernel works on `[batch, heads, seq, d_k]` views of `[batch, seq, heads, d_k]`
+        # tensors. Sequence first, every layer would copy its queries, keys, values, their
+        # gradients and its output between the two layouts; batch first, only the encoder's
+        # output is transposed. Layer norms, feed-forward networks and residual sums do not
+        # care which dimension comes first. The attention layers then know the mask is causal
+        # without being given one.
+        self.batch_first = all(type(layer.self_attn) is SDPAttention for layer in encoder.layers)
+        for layer in encoder.layers:
+            if self.batch_first:
+                layer.self_attn.batch_first = layer.self_attn.is_causal = True
 
     def forward(self, x: torch.Tensor):
-        # `mask[i, j]` is true when position `i` may attend to position `j <= i`.
-        if torch.compiler.is_compiling():
-            # Inside a `torch.compile` graph the mask is built, not read from `self.mask`:
-            # sampling resets that to other lengths, and each reset would recompile the graph.
-            mask = causal_mask(len(x), x.device)
-        else:
-            if self.mask is None or self.mask.size(0) != len(x) or self.mask.device != x.device:
-                self.mask = causal_mask(len(x), x.device)
-            mask = self.mask
         if self.batch_first:
-            # The fused attention kernel works on `[batch, heads, seq, d_k]` views of
-            # `[batch, seq, heads, d_k]` tensors. Sequence first, every layer would copy its
-            # queries, keys, values, their gradients and its output between the two layouts;
-            # batch first, only the encoder's output is transposed. Layer norms, feed-forward
-            # networks and residual sums do not care which dimension comes first.
-            with batch_first(causal_mask=mask):
-                x = self.encoder(self.embedding_dropout(self._embed_batch_first(x)), mask).transpose(0, 1)
+            # `[seq, batch]` tokens to `[batch, seq, d_model]` embeddings, the encoder batch
+            # first (no mask: every layer is causal), and the output back to sequence first.
+            x = self.encoder(self.embedding_dropout(self._embed_batch_first(x)), None).transpose(0, 1)
         else:
-            x = self.encoder(self.embedding_dropout(self.src_embed(x)), mask)
+            # labml_nn's attention reads the mask: `mask[i, j]` is true when position `i` may
+            # attend to position `j <= i` (made anew each time: a few microseconds).
+            x = self.encoder(self.embedding_dropout(self.src_embed(x)), causal_mask(len(x), x.device))
         # The second value is the recurrent state labml's trainer expects; a GPT has none.
         return self.generator(x), None
 
@@ -113,3 +131,99 @@ def init_weights(module: nn.Module):
         nn.init.normal_(module.weight, mean=0.0, std=0.02)
     if isinstance(module, nn.Linear) and module.bias is not None:
         nn.init.zeros_(module.bias)
+
+
+class SDPAttention(MultiHeadAttention):
+    r"""
+    <a id="SDPAttention"></a>
+    ## Attention on PyTorch's fused kernel
+
+    labml_nn's `MultiHeadAttention` spells attention out: an `einsum` for the scores
+    $Q K^\top / \sqrt{d_k}$, a masked fill, a softmax over keys, dropout, and another `einsum`
+    with the values. PyTorch's `scaled_dot_product_attention` computes the same
+    $$\text{softmax}\Big(\frac{Q K^\top}{\sqrt{d_k}} + M\Big) V$$
+    in one fused kernel (flash or memory-efficient attention where the hardware has them), and
+    with `is_causal=True` it never materialises the causal mask.
+
+    It subclasses labml_nn's module and only replaces `forward`, so the parameters, their names
+    and shapes are the same: a checkpoint trained with one loads into the other.
+    """
+
+    # `[batch, seq, d_model]` inputs instead of labml_nn's `[seq, batch, d_model]`; set by the GPT
+    batch_first = False
+    # Causal self-attention, with no mask given (a GPT's); set by the GPT
+    is_causal = False
+
+    def forward(self, *, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+                mask: Optional[torch.Tensor] = None):
+        """`mask` is labml's `[seq_len_q, seq_len_k, batch_size or 1]`, true where a query may see a key."""
+        if self.batch_first:
+            batch_size, seq_len, _ = query.shape
+        else:
+            seq_len, batch_size, _ = query.shape
+        q, k, v = self._project(query, key, value)
+        # `[.., .., heads, d_k]` -> `[batch_size, heads, seq_len, d_k]`: views, no copies
+        order = (0, 2, 1, 3) if self.batch_first else (1, 2, 0, 3)
+        q, k, v = (t.permute(*order) for t in (q, k, v))
+        # `[seq_q, seq_k, batch]` -> `[batch, 1, seq_q, seq_k]`, broadcast over heads
+        attn_mask = mask.permute(2, 0, 1).unsqueeze(1) if mask is not None else None
+        x = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, is_causal=self.is_causal and mask is None,
+                                           dropout_p=self.dropout.p if self.training else 0.0)
+        # `[batch_size, heads, seq_len, d_k]` back to the input's layout. The CPU and CUDA
+        # kernels return a `[batch_size, seq_len, heads, d_k]` tensor seen through a transpose,
+        # so batch-first this is a view and sequence-first a copy.
+        if self.batch_first:
+            x = x.transpose(1, 2).reshape(batch_size, seq_len, -1)
+        else:
+            x = x.permute(2, 0, 1, 3).reshape(seq_len, batch_size, -1)
+        return self.output(x)
+
+    def _project(self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor):
+        r"""
+        The query, key and value projections, split into heads: `[.., .., heads, d_k]`.
+        In self-attention the three read the same input, so one matrix product with the three
+        weights stacked, $x [W_q; W_k; W_v]^\top$, does the work of three smaller ones. The
+        parameters stay three `nn.Linear`s, as in labml_nn.
+        """
+        layers = (self.query.linear, self.key.linear, self.value.linear)
+        if query is key is value and all(layer.bias is not None for layer in layers):
+            weight = torch.cat([layer.weight for layer in layers])
+            bias = torch.cat([layer.bias for layer in layers])
+            qkv = F.linear(query, weight, bias).view(*query.shape[:-1], 3, self.heads, self.d_k)
+            return qkv.unbind(-3)
+        return self.query(query), self.key(key), self.value(value)
+
+
+def _sdpa(c: TransformerConfigs):
+    return SDPAttention(c.n_heads, c.d_model, dropout_prob=c.dropout)
+
+
+calculate(TransformerConfigs.encoder_attn, 'sdpa', _sdpa)
+calculate(TransformerConfigs.decoder_attn, 'sdpa', _sdpa)
+
+
+class PostLNTransformerLayer(TransformerLayer):
+    r"""
+    <a id="PostLNTransformerLayer"></a>
+    ## GPT-1's post-LayerNorm layer
+
+    [Radford et al. (2018)](https://cdn.openai.com/research-covers/language-unsupervised/language_understanding_paper.pdf)
+    normalise *after* each residual sum, as the original transformer does, where labml_nn
+    normalises before each sub-layer. The parameters are those of labml_nn's (pre-LN)
+    `TransformerLayer`. A post-LN stack ends normalised already, so the GPT drops labml_nn's
+    final LayerNorm for it ([configs](configs.html)). It is an encoder layer only.
+    """
+
+    def forward(self, *, x: torch.Tensor, mask: torch.Tensor, src: torch.Tensor = None,
+                src_mask: torch.Tensor = None):
+        assert src is None, 'the post-LN layer is a GPT (encoder) layer'
+        # $x \leftarrow \text{LN}(x + \text{Dropout}(\text{attn}(x)))$
+        x = self.norm_self_attn(x + self.dropout(self.self_attn(query=x, key=x, value=x, mask=mask)))
+        # $x \leftarrow \text{LN}(x + \text{Dropout}(\text{ffn}(x)))$
+        return self.norm_ff(x + self.dropout(self.feed_forward(x)))
+
+
+@option(TransformerConfigs.encoder_layer, 'post_ln')
+def _post_ln_encoder_layer(c: TransformerConfigs):
+    return PostLNTransformerLayer(d_model=c.d_model, self_attn=c.encoder_attn, src_attn=None,
+                                  feed_forward=copy.deepcopy(c.ffn.ffn), dropout_prob=c.dropout)

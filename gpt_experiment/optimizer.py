@@ -1,11 +1,16 @@
-"""
-# Optimizer
+r"""
+# Optimizer and learning-rate schedule
 
-GPT trains with Adam, a linear warm-up and a cosine decay of the learning rate
-(labml_nn's `AdamWarmupCosineDecay`; the schedule is explained in
-[lr_schedule](lr_schedule.html)), and *decoupled* weight decay applied the minGPT way: only
-the weight matrices of `nn.Linear` layers decay. Biases, LayerNorm gains, embeddings and
-positional encodings do not, since pulling them towards zero only hurts.
+GPT trains with Adam, a linear warm-up and a cosine decay of the learning rate: labml_nn's
+`AdamWarmupCosineDecay`. Here it is PyTorch's own `Adam` (its fused kernel where the device has
+one, `foreach` elsewhere), with labml_nn's update rule folded into its arguments, and the
+schedule is a function of the tokens trained that the [trainer](trainer.html) applies before
+every step.
+
+Weight decay is *decoupled* and applied the minGPT way: only the weight matrices of
+`nn.Linear` layers decay. Biases, LayerNorm gains, embeddings and positional encodings do not,
+since pulling them towards zero only hurts. GPT-1 decays every matrix instead
+(`weight_decay_params=matrices`).
 """
 
 import math
@@ -15,9 +20,12 @@ import torch
 from torch import nn
 
 from labml.configs import option
-from labml_nn.optimizers.adam_warmup_cosine_decay import AdamWarmupCosineDecay
 from labml_nn.optimizers.configs import OptimizerConfigs
 
+from . import labml_glue
+
+
+# ## Which parameters decay
 
 def linear_weights(model: nn.Module) -> List[str]:
     """minGPT's decay rule: only the weights of `nn.Linear` layers decay."""
@@ -49,234 +57,186 @@ def decay_groups(model: nn.Module, weight_decay: float, rule: DecayRule = linear
     ]
 
 
+# ## The learning-rate schedule
+
+class WarmupCosine:
+    r"""
+    The learning rate after $\tau$ tokens of training: a linear warm-up over the first $W$
+    tokens, then a cosine decay to `floor` times the peak $\alpha$ at the last token $T$:
+
+    $$\alpha_\tau = 10^{-8} + \alpha \frac{\tau}{W} \quad (\tau < W), \qquad
+      \alpha_\tau = \alpha \max\Big(f, \frac{1}{2}\big(1 + \cos \pi c_\tau\big)\Big) \quad (\tau \ge W),
+      \qquad c_\tau = \min\Big(1, \frac{\tau - W}{T - W}\Big)$$
+
+    This is labml_nn's `AdamWarmupCosineDecay.get_lr`, counted in tokens where labml_nn counts
+    optimizer steps (the recipe gives its warm-up in tokens, `warmup_steps = 128 * 128 * 20`,
+    and its length in epochs), and clamped at its end, where labml_nn's cosine would turn back
+    up. labml_nn floors it at $f = 0.1$; GPT-1's `AdamWarmupCosineToZero` at $f = 0$.
+
+    **Resumed with another length** (more `epochs`, another `seq_len`), the rest of the cosine
+    is stretched from where the run stands: from $\tau_0$ on,
+    $c_\tau = c_0 + (1 - c_0) \frac{\tau - \tau_0}{T - \tau_0}$, so the learning rate goes on
+    from the value it had and still ends at the floor at the new last token. A new batch size
+    changes nothing here: tokens are tokens.
+    """
+
+    def __init__(self, peak: float, warmup: int, total: int, floor: float):
+        self.peak = peak
+        self.warmup = warmup
+        self.total = total
+        self.floor = floor
+        # `(tau_0, c_0)` where a resumed run stretched the cosine, or `None`
+        self.anchor = None
+
+    def progress(self, tokens: int) -> float:
+        """$c_\\tau$, the share of the cosine done, in $[0, 1]$."""
+        if self.anchor is not None and tokens >= self.anchor[0]:
+            start, done = self.anchor
+            return min(1.0, done + (1 - done) * (tokens - start) / max(1, self.total - start))
+        return min(1.0, max(0.0, (tokens - self.warmup) / max(1, self.total - self.warmup)))
+
+    def __call__(self, tokens: int) -> float:
+        if tokens < self.warmup and self.anchor is None:
+            # linear warm-up, from labml_nn's $10^{-8}$ rather than zero
+            return 1e-8 + tokens * self.peak / self.warmup
+        return self.peak * max(self.floor, 0.5 * (1.0 + math.cos(math.pi * self.progress(tokens))))
+
+    def state_dict(self) -> Dict:
+        return {'warmup': self.warmup, 'total': self.total, 'anchor': self.anchor}
+
+    def load_state_dict(self, state: Dict, tokens: int):
+        """The schedule of the run resumed at `tokens`, stretched when this run's length is another."""
+        if state['total'] == self.total:
+            self.anchor = state['anchor']
+            return
+        was = WarmupCosine(self.peak, state['warmup'], state['total'], self.floor)
+        was.anchor = state['anchor']
+        if tokens >= was.warmup or was.anchor is not None:
+            self.anchor = (tokens, was.progress(tokens))
+
+
+# ## Adam
+
+class AdamWarmupCosineDecay(torch.optim.Adam):
+    r"""
+    PyTorch's Adam (fused where the device has the kernel), making labml_nn's
+    `AdamWarmupCosineDecay` update. The schedule ([`WarmupCosine`](#WarmupCosine)) gives the
+    learning rate $\alpha_t$ of each step, and `set_lr` folds labml_nn's two differences from
+    PyTorch's rule into the arguments of the step:
+
+    * labml_nn decays by the *peak* rate, $\theta \leftarrow \theta (1 - \alpha \lambda)$;
+      PyTorch's AdamW by the scheduled one, $\theta \leftarrow \theta (1 - \alpha_t \lambda')$.
+      They are equal when $\lambda' = \alpha \lambda / \alpha_t$ (at $\alpha_t = 0$ the decay is
+      done apart);
+    * labml_nn divides by $\sqrt{v} + \epsilon$ and multiplies the step by
+      $\sqrt{1 - \beta_2^t}$; PyTorch divides by $\sqrt{v / (1 - \beta_2^t)} + \epsilon'$. They
+      are equal when $\epsilon' = \epsilon / \sqrt{1 - \beta_2^t}$.
+
+    `decouple=False` is labml_nn's L2 decay, $g \leftarrow g + \lambda \theta$, which PyTorch's
+    Adam does itself; `absolute=True` decays by $\lambda$ rather than $\alpha \lambda$.
+    """
+
+    # Where the cosine ends, as a share of the peak (labml_nn's)
+    lr_floor = 0.1
+
+    def __init__(self, params, *, lr: float, betas, eps: float, decouple: bool = True, absolute: bool = False,
+                 optimized_update: bool = True, amsgrad: bool = False):
+        params = list(params)
+        device = next((p.device for g in params for p in (g['params'] if isinstance(g, dict) else [g])), None)
+        # PyTorch's fused kernels run on CPUs and CUDA GPUs; elsewhere its `foreach` path
+        super().__init__(params, lr=lr, betas=betas, eps=eps, amsgrad=amsgrad, decoupled_weight_decay=decouple,
+                         fused=device is not None and device.type in ('cpu', 'cuda'))
+        for group in self.param_groups:
+            # labml_nn's values, from which each step's arguments are made
+            group['peak_lr'], group['decay'], group['base_eps'] = lr, group['weight_decay'], eps
+        self.absolute = absolute
+        self.optimized_update = optimized_update
+        # Optimizer steps taken, for $\beta_2^t$ (PyTorch keeps its own, per parameter)
+        self.steps = 0
+
+    def set_lr(self, lr: float):
+        """Set up the next step with learning rate `lr`, labml_nn's rule folded in (above)."""
+        t = self.steps + 1
+        for group in self.param_groups:
+            group['lr'] = lr
+            decay = group['decay'] * (1.0 if self.absolute else group['peak_lr'])
+            if group['decoupled_weight_decay']:
+                # $\lambda' = \alpha \lambda / \alpha_t$; at $\alpha_t = 0$ decay apart, below
+                group['weight_decay'] = decay / lr if lr > 0 else 0.0
+                group['_decay_apart'] = decay if lr == 0 else 0.0
+            eps = group['base_eps']
+            group['eps'] = eps / math.sqrt(1 - group['betas'][1] ** t) if self.optimized_update else eps
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        for group in self.param_groups:
+            if group.get('_decay_apart'):
+                for p in group['params']:
+                    p.mul_(1 - group['_decay_apart'])
+        self.steps += 1
+        return super().step(closure)
+
+    def load_state_dict(self, state_dict):
+        # The moments and step counts come from the checkpoint; the group values (learning
+        # rate, decay, betas) are this run's configs, which may have been changed on resume.
+        given = [{k: v for k, v in group.items() if k != 'params'} for group in self.param_groups]
+        super().load_state_dict(state_dict)
+        for group, values in zip(self.param_groups, given):
+            group.update(values)
+        counts = [int(s['step']) for s in self.state.values() if 'step' in s]
+        self.steps = max(counts, default=0)
+
+
+class AdamWarmupCosineToZero(AdamWarmupCosineDecay):
+    """GPT-1's schedule: the same Adam, with the cosine going all the way down to zero."""
+    lr_floor = 0.0
+
+
+# ## Configurations
+
+class GPTOptimizerConfigs(OptimizerConfigs):
+    """
+    labml_nn's `OptimizerConfigs`, offering the optimizers above. Every field can still be
+    overridden from the command line (`optimizer.learning_rate=1e-3`, `optimizer.betas=...`).
+    """
+    # The optimizer ([below](#options)); the learning-rate schedule comes with it
+    optimizer: torch.optim.Optimizer = 'AdamWarmupCosineDecay'
+
+    def __init__(self):
+        super().__init__()
+        # labml_nn's other optimizers keep their own schedules, which the trainer's would fight.
+        for name in list(labml_glue.configs_registry(self)[2]['optimizer']):
+            if name not in OPTIMIZERS:
+                labml_glue.withdraw_option(self, 'optimizer', name)
+
+
 # What GPT's optimizer sets in labml_nn's `OptimizerConfigs`, over that class's own defaults:
-# labml_nn's `AdamWarmupCosineDecay` on PyTorch's fused Adam kernel (below), the same update in one
-# pass per tensor (`optimizer.optimizer=AdamWarmupCosineDecay` is the stock one); GPT's betas
-# and epsilon; decoupled weight decay, $\theta \leftarrow \theta - \alpha \lambda \theta$, not
-# $g \leftarrow g + \lambda \theta$.
-GPT_OPTIMIZER = {'optimizer': 'FusedAdamWarmupCosineDecay', 'betas': (0.9, 0.95), 'eps': 1e-8, 'weight_decouple': True}
+# GPT's betas and epsilon, and decoupled weight decay.
+GPT_OPTIMIZER = {'betas': (0.9, 0.95), 'eps': 1e-8, 'weight_decouple': True}
+OPTIMIZERS = {'AdamWarmupCosineDecay': AdamWarmupCosineDecay, 'AdamWarmupCosineToZero': AdamWarmupCosineToZero}
 
 
-def gpt_optimizer_configs(parameters: List[Dict], *, weight_decay: float, learning_rate: float, d_model: int,
-                          warmup: int, total_steps: int) -> OptimizerConfigs:
-    """
-    labml_nn's `OptimizerConfigs` set up for GPT, on the parameter groups of `decay_groups`.
-    It stays a configs object, so every field can still be overridden from the command line
-    (`optimizer.learning_rate=1e-3`).
-    """
-    conf = OptimizerConfigs()
+def gpt_optimizer_configs(parameters: List[Dict], *, weight_decay: float, learning_rate: float,
+                          d_model: int) -> GPTOptimizerConfigs:
+    """The optimizer configs set up for GPT, on the parameter groups of `decay_groups`."""
+    conf = GPTOptimizerConfigs()
     conf.parameters = parameters
     for key, value in GPT_OPTIMIZER.items():
         setattr(conf, key, value)
     conf.learning_rate = learning_rate
-    # Only the `Noam` option reads this, but keep it right for whoever switches to it.
+    # Only labml_nn's `Noam` reads it, but keep it right.
     conf.d_model = d_model
     # The group values above win; this is the default for groups that do not set one.
     conf.weight_decay = weight_decay
-    # The schedule's length, in optimizer steps ([lr_schedule](lr_schedule.html))
-    conf.warmup = warmup
-    conf.total_steps = total_steps
     return conf
 
 
-def optimizer_option(cls):
-    """
-    Register an `AdamWarmupCosineDecay` subclass as the `optimizer.optimizer` option of its
-    name, built from labml_nn's `OptimizerConfigs` as labml_nn builds its own.
-    """
-    def build(c: OptimizerConfigs):
-        return cls(c.parameters, lr=c.learning_rate, betas=c.betas, eps=c.eps,
-                   weight_decay=c.weight_decay_obj, optimized_update=c.optimized_adam_update,
-                   amsgrad=c.amsgrad, warmup=c.warmup, total_steps=c.total_steps)
-    option(OptimizerConfigs.optimizer, cls.__name__)(build)
-    return cls
+def _adam(cls: type) -> Callable[[GPTOptimizerConfigs], torch.optim.Optimizer]:
+    def build(c: GPTOptimizerConfigs):
+        return cls(c.parameters, lr=c.learning_rate, betas=c.betas, eps=c.eps, decouple=c.weight_decouple,
+                   absolute=c.weight_decay_absolute, optimized_update=c.optimized_adam_update, amsgrad=c.amsgrad)
+    return build
 
 
-@optimizer_option
-class ForeachAdamWarmupCosineDecay(AdamWarmupCosineDecay):
-    r"""
-    ## The same optimizer on multi-tensor kernels
-
-    labml_nn's `AdamWarmupCosineDecay` updates parameters one at a time in Python: about ten
-    small tensor operations per parameter per step. This class keeps its update rule, its
-    learning-rate schedule (`get_lr`) and its state (`step`, `exp_avg`, `exp_avg_sq` per
-    parameter, so checkpoints of either load into the other), and applies each operation to
-    all the parameters of a group at once with PyTorch's `_foreach_` kernels:
-
-    \begin{align}
-    \theta &\leftarrow \theta (1 - \alpha_{\max} \lambda) && \text{decoupled decay, as labml_nn: with the group's maximum lr} \\
-    m &\leftarrow \beta_1 m + (1 - \beta_1) g \\
-    v &\leftarrow \beta_2 v + (1 - \beta_2) g^2 \\
-    \theta &\leftarrow \theta - \alpha_t \frac{\sqrt{1 - \beta_2^t}}{1 - \beta_1^t} \frac{m}{\sqrt{v} + \hat{\epsilon}}
-    \end{align}
-
-    Select it with `optimizer.optimizer=ForeachAdamWarmupCosineDecay`. AMSGrad, and groups
-    whose parameters are at different steps, fall back to the one-at-a-time path.
-    """
-
-    # What `clip_grad_norm_` asks the next `step` to divide the gradients by (a tensor), or `None`
-    _grad_divisor = None
-
-    @torch.no_grad()
-    def clip_grad_norm_(self, max_norm: float) -> torch.Tensor:
-        r"""
-        Gradient clipping as `torch.nn.utils.clip_grad_norm_` does it: when the norm $\|g\|$ of
-        all the gradients together exceeds `max_norm`, every gradient is scaled by
-        $\text{max_norm} / (\|g\| + 10^{-6})$. Here the norm is computed now and the scaling is
-        left to `step`: the fused kernel divides each gradient as it reads it, which saves a
-        pass over them. Returns the norm before clipping.
-        """
-        grads = [p.grad for group in self.param_groups for p in group['params'] if p.grad is not None]
-        if len({(g.device, g.dtype) for g in grads}) == 1:
-            # `torch.nn.utils.get_total_norm` without its grouping by device and dtype, which
-            # costs a quarter of the norms themselves on the small benchmark shape
-            norm = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))
-        else:
-            norm = torch.nn.utils.get_total_norm(grads)
-        self._grad_divisor = torch.clamp((norm + 1e-6) / max_norm, min=1.0)
-        return norm
-
-    def zero_grad(self, set_to_none: bool = True):
-        self._grad_divisor = None
-        if not set_to_none:
-            return super().zero_grad(set_to_none=False)
-        # What `Optimizer.zero_grad` does, without its per-call bookkeeping (0.2 ms a step on
-        # the small benchmark shape)
-        for group in self.param_groups:
-            for p in group['params']:
-                p.grad = None
-
-    @torch.no_grad()
-    def step(self, closure=None):
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
-        divisor, self._grad_divisor = self._grad_divisor, None
-        for group in self.param_groups:
-            params = [p for p in group['params'] if p.grad is not None]
-            states = [self.state[p] for p in params]
-            for p, s in zip(params, states):
-                if not s:
-                    self.init_state(s, group, p)
-            if not params:
-                continue
-            if group['amsgrad'] or len({s['step'] for s in states}) > 1:
-                if divisor is not None:
-                    torch._foreach_div_([p.grad for p in params], divisor)
-                for p, s in zip(params, states):
-                    self.step_param(s, group, p.grad, p)
-                continue
-            self._foreach_step(group, params, states, divisor)
-        return loss
-
-    def _foreach_step(self, group, params, states, divisor=None):
-        grads = [p.grad for p in params]
-        if divisor is not None:
-            torch._foreach_div_(grads, divisor)
-        wd = self.weight_decay
-        if group['weight_decay'] != 0:
-            if wd.weight_decouple:
-                decay = group['weight_decay'] if wd.absolute else group['lr'] * group['weight_decay']
-                torch._foreach_mul_(params, 1.0 - decay)
-            else:
-                grads = torch._foreach_add(grads, params, alpha=group['weight_decay'])
-
-        beta1, beta2 = group['betas']
-        m = [s['exp_avg'] for s in states]
-        v = [s['exp_avg_sq'] for s in states]
-        torch._foreach_mul_(m, beta1)
-        torch._foreach_add_(m, grads, alpha=1 - beta1)
-        torch._foreach_mul_(v, beta2)
-        torch._foreach_addcmul_(v, grads, grads, value=1 - beta2)
-
-        for s in states:
-            s['step'] += 1
-        t = states[0]['step']
-        lr = self.get_lr(states[0], group)
-        bias_correction1 = 1 - beta1 ** t
-        bias_correction2 = 1 - beta2 ** t
-        denominator = torch._foreach_sqrt(v)
-        if self.optimized_update:
-            torch._foreach_add_(denominator, group['eps'])
-            step_size = lr * math.sqrt(bias_correction2) / bias_correction1
-        else:
-            torch._foreach_div_(denominator, math.sqrt(bias_correction2))
-            torch._foreach_add_(denominator, group['eps'])
-            step_size = lr / bias_correction1
-        torch._foreach_addcdiv_(params, m, denominator, value=-step_size)
-
-
-@optimizer_option
-class FusedAdamWarmupCosineDecay(ForeachAdamWarmupCosineDecay):
-    r"""
-    ## The same optimizer on PyTorch's fused Adam kernels
-
-    `torch._fused_adam_` (the kernel behind `torch.optim.Adam(fused=True)`, on CPU and CUDA)
-    does the moment updates and the parameter update of every tensor of a group in one call,
-    one pass over memory per tensor instead of the foreach path's seven. Two differences from
-    labml_nn's rule are folded into its arguments:
-
-    * the kernel divides by $\sqrt{v / (1 - \beta_2^t)} + \epsilon$; labml_nn's
-      `optimized_update` divides by $\sqrt{v} + \epsilon$ and multiplies the step size by
-      $\sqrt{1 - \beta_2^t}$. The two are equal when the kernel gets
-      $\epsilon / \sqrt{1 - \beta_2^t}$;
-    * the AdamW kernel `torch._fused_adamw_` decays by $1 - \alpha_t \lambda'$ with the
-      scheduled learning rate $\alpha_t$; labml_nn decays by $1 - \alpha_{\max} \lambda$ with
-      the group's maximum. The two are equal when the kernel gets
-      $\lambda' = \alpha_{\max} \lambda / \alpha_t$, so the decay costs no pass of its own
-      (at $\alpha_t = 0$ it stays a `_foreach_mul_` before the Adam kernel).
-
-    The kernel also divides each gradient by `grad_scale` as it reads it, which is where
-    `clip_grad_norm_`'s scaling goes; `p.grad` itself keeps the unclipped gradient.
-
-    Devices the kernel does not support use the foreach path.
-    """
-
-    def _foreach_step(self, group, params, states, divisor=None):
-        if params[0].device.type not in _fused_devices():
-            return super()._foreach_step(group, params, states, divisor)
-        for s in states:
-            s['step'] += 1
-        t = states[0]['step']
-        lr = self.get_lr(states[0], group)
-        beta1, beta2 = group['betas']
-        eps = group['eps']
-        if self.optimized_update:
-            eps = eps / math.sqrt(1 - beta2 ** t)
-
-        kernel, kernel_decay = torch._fused_adam_, 0.0
-        if group['weight_decay'] != 0:
-            wd = self.weight_decay
-            if not wd.weight_decouple:
-                # $g \leftarrow g + \lambda \theta$, which the Adam kernel does itself
-                kernel_decay = group['weight_decay']
-            else:
-                decay = group['weight_decay'] if wd.absolute else group['lr'] * group['weight_decay']
-                if lr > 0:
-                    kernel, kernel_decay = torch._fused_adamw_, decay / lr
-                else:
-                    torch._foreach_mul_(params, 1.0 - decay)
-
-        # The kernel reads each tensor's step from a tensor; one shared tensor serves them all.
-        # `torch.full` fills it on the device: `torch.tensor(t, device=...)` would copy it from
-        # the host and wait for the GPU to finish its queue, once per group per step.
-        step = torch.full((), float(t), device=params[0].device)
-        kernel(params, [p.grad for p in params], [s['exp_avg'] for s in states], [s['exp_avg_sq'] for s in states],
-               [], [step] * len(params), lr=lr, beta1=beta1, beta2=beta2, weight_decay=kernel_decay, eps=eps,
-               amsgrad=False, maximize=False, grad_scale=divisor)
-
-
-def _fused_devices():
-    from torch.utils._foreach_utils import _get_fused_kernels_supported_devices
-    return _get_fused_kernels_supported_devices()
-
-
-def clip_grad_norm_(optimizer: torch.optim.Optimizer, parameters, max_norm: float) -> torch.Tensor:
-    """
-    Clip the gradients of `parameters` to a total norm of `max_norm`: inside the next step with
-    the optimizers above, with `torch.nn.utils.clip_grad_norm_` for any other.
-    """
-    if isinstance(optimizer, ForeachAdamWarmupCosineDecay):
-        return optimizer.clip_grad_norm_(max_norm)
-    return torch.nn.utils.clip_grad_norm_(parameters, max_norm)
+for _name, _cls in OPTIMIZERS.items():
+    option(GPTOptimizerConfigs.optimizer, _name)(_adam(_cls))

@@ -1,79 +1,99 @@
 """
 # The run store
 
-```
-gpt-runs [NAME]                            (or python -m gpt_experiment.runs)
-gpt-runs plot RUN [RUN ...] [-o curves.png]
-gpt-runs compare RUN RUN [RUN ...]
-```
-
 labml keeps each run in `logs/<name>/<uuid>/` (`<uuid>.<rank>/` for each process of a
-distributed run, rank 0 being the one that saves), `logs/` being beside the project's
-`.labml.yaml`. This module is the only one that knows that layout; `--resume`, `generate`,
-the listing below and any later command go through it:
+distributed run, rank 0 being the one that saves). This module is the only one that knows that
+layout, and every command goes through it: `--resume`, `init_from`, `generate`, `evaluate`,
+`gpt-runs`.
 
-* `project_path()`, `logs_path()`: the labml project around the current directory, and its `logs/`;
-* `find_run(uuid_or_prefix)`: a run's folder from its full uuid or a unique prefix (a
-  distributed run's `<uuid>.0` is that run); no match, or several, is one line naming them;
-  `newest_run_with_checkpoint()`, the default of `generate`;
-* `checkpoint_steps(run_dir)`, `find_checkpoint(run_dir, step)`: its complete checkpoints
-  (judged by [checkpoints](checkpoints.html)), and the one to load: `step`, or the newest,
-  refusing a damaged newest one with the name of the newest complete one;
-* `load_checkpoint(checkpoint, name)`, `given_configs(run_dir)`: a checkpoint's file and the
-  configs the run was given, read safely (its tokenizer: [tokenizers](tokenizers.html)' `load`);
-* `status(run_dir)`, `read_run(run_dir)`, `list_runs(logs)`: what became of a run.
-
-Everything is read back from what labml writes: `run.yaml` (uuid, name, start, `load_run`, the
-parent of a resumed run), `configs.yaml`, `sqlite.db` (tracked values by global step, which
-counts tokens), `run_log.jsonl` (how the run ended: completed, interrupted or crashed, with
-the error), `pids/<rank>.pid` (the process, while it runs) and `checkpoints/<step>/`.
-
-The listing shows each run's status (running, completed, interrupted, crashed, or `non-finite`
-when it stopped on a NaN or infinite loss), its duration, its parent, the tokens it trained on,
-its best validation loss and its complete checkpoints. A run whose files are damaged is skipped
-with a one-line warning on stderr; the others are still listed.
+* **Where runs are**: `logs/` beside the nearest `.labml.yaml` at or above the current folder
+  (as labml finds it), or `./logs` where there is none (`logs_path`).
+* **Finding**: a run by its full uuid or a unique prefix (`find_run`; a distributed run's
+  `<uuid>.0` is that run), or the newest run with a checkpoint; a checkpoint by its step, or
+  the newest (`find_checkpoint`). No match, several, or a damaged newest checkpoint is one
+  line naming what there is.
+* **Reading**, always safely and always checked: the configs the run was given
+  (`given_configs`, checked as the command line's overrides are), its tokenizer
+  ([tokenizers](tokenizers.html)' `load`), a checkpoint's weights into a model
+  (`load_weights`) and its training state (`training_state`). `load_model` rebuilds a run's
+  model for `generate` and `evaluate`. Each damaged file is one line that names it.
+* **What became of a run** (`read_run`, `list_runs`): its status, duration, parent, tokens,
+  best validation loss and complete checkpoints, read back from what labml writes: `run.yaml`,
+  `configs.yaml`, `sqlite.db`, `run_log.jsonl`, `pids/<rank>.pid` and `checkpoints/<step>/`.
 """
 
 import json
+import math
 import sqlite3
 import sys
 import time
 from pathlib import Path
 from typing import Any, Dict, List, NamedTuple, Optional, Tuple
 
-from . import checkpoints, commands
+import yaml
+
+from . import checkpoints, files, tokenizers
 from .errors import UserError
 
 # ## Where runs are
 
 LABML_YAML = '.labml.yaml'
+# What labml accepts in `.labml.yaml`
+LABML_KEYS = {'check_repo_dirty', 'data_path', 'experiments_path', 'analytics_path', 'analytics_templates',
+              'web_api', 'web_api_frequency', 'web_api_verify_connection', 'web_api_open_browser', 'indicators'}
 
 
-def project_root() -> Optional[Path]:
-    """The folder with `.labml.yaml` at or above the current directory, if any."""
+def load_yaml(path: Path) -> Any:
+    """A YAML file of a run or a project, without Python tags; one line when damaged."""
+    text = files.read_text(path)
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        raise UserError(f'{path} is not valid YAML ({" ".join(str(e).split())[:200]})') from None
+
+
+def _labml_yamls() -> List[Path]:
+    """Every `.labml.yaml` at or above the current folder, nearest first: labml merges them all."""
     cwd = Path.cwd().resolve()
-    return next((d for d in (cwd, *cwd.parents) if (d / LABML_YAML).is_file()), None)
+    return [d / LABML_YAML for d in (cwd, *cwd.parents) if (d / LABML_YAML).is_file()]
 
 
-def project_path() -> Optional[str]:
+def check_project():
+    """Refuse a damaged `.labml.yaml` in one line, before labml reads it (and fails with a traceback)."""
+    for path in _labml_yamls():
+        values = load_yaml(path)
+        if values is not None and not isinstance(values, dict):
+            raise UserError(f'{path} is not a mapping of labml settings')
+        unknown = sorted(set(values or {}) - LABML_KEYS)
+        if unknown:
+            raise UserError(f'{path}: unknown labml setting {unknown[0]!r}')
+        for key in ('data_path', 'experiments_path'):
+            if key in (values or {}) and not isinstance(values[key], str):
+                raise UserError(f'{path}: {key} must be a folder name')
+
+
+def project_path() -> str:
     """
     What to give labml as `python_file`. labml finds `.labml.yaml` (and with it `data/` and
     `logs/`) by walking up from the file that creates the experiment, which for an installed
-    package is not the user's project; inside a labml project, walk up from the current
-    directory instead.
+    package is not the user's folder: walk up from the current folder instead, which is also
+    where `logs/` goes when there is no `.labml.yaml` at all.
     """
-    return str(Path.cwd().resolve()) if project_root() is not None else None
+    check_project()
+    return str(Path.cwd().resolve())
 
 
 def logs_path() -> Path:
-    """`logs/` of the labml project around the current directory (as `.labml.yaml` says)."""
-    root = project_root()
-    if root is None:
-        raise UserError(f'not inside a labml project: no {LABML_YAML} here or in a parent folder')
-    values = checkpoints.load_yaml(root / LABML_YAML) or {}
-    if not isinstance(values, dict):
-        raise UserError(f'{root / LABML_YAML} is not a mapping')
-    return root / str(values.get('experiments_path', 'logs'))
+    """`logs/` of the labml project around the current folder (as `.labml.yaml` says), or `./logs`."""
+    check_project()
+    found = _labml_yamls()
+    if not found:
+        return Path.cwd().resolve() / 'logs'
+    # labml merges the files from the top down, and the nearest one names the root.
+    values = {}
+    for path in reversed(found):
+        values.update(load_yaml(path) or {})
+    return found[0].parent / values.get('experiments_path', 'logs')
 
 
 def uuid_of(run_dir: Path) -> str:
@@ -93,7 +113,7 @@ def run_folders(logs: Path, name: Optional[str] = None) -> List[Path]:
 
 def find_run(uuid_or_prefix: str, logs: Optional[Path] = None) -> Path:
     """A run folder from its full uuid or a unique prefix of it."""
-    if not uuid_or_prefix or not checkpoints.is_plain_name(uuid_or_prefix):
+    if not uuid_or_prefix or not files.is_plain_name(uuid_or_prefix):
         raise UserError(f'not a run uuid: {uuid_or_prefix!r}')
     logs = logs_path() if logs is None else logs
     every = run_folders(logs)
@@ -110,7 +130,7 @@ def find_run(uuid_or_prefix: str, logs: Optional[Path] = None) -> Path:
 
 
 def newest_run_with_checkpoint(logs: Optional[Path] = None) -> Path:
-    """The most recently started run that has a complete checkpoint (`generate`'s default)."""
+    """The most recently started run that has a complete checkpoint (the default of `generate`)."""
     logs = logs_path() if logs is None else logs
     with_checkpoints = [r.path for r in list_runs(logs) if r.checkpoints]
     if not with_checkpoints:
@@ -141,13 +161,20 @@ def find_checkpoint(run_dir: Path, step: Optional[int] = None) -> Path:
                         f'it has: {", ".join(map(str, checkpoint_steps(run_dir))) or "none complete"}')
     why = checkpoints.problem(root / str(step))
     if why is not None:
-        raise UserError(f'checkpoint {step} of run {run_dir.name} is damaged ({why}); {checkpoints.newest_complete(root, below=step)}')
+        raise UserError(f'checkpoint {step} of run {run_dir.name} is damaged ({why}); '
+                        f'{checkpoints.newest_complete(root, below=step)}')
     return root / str(step)
 
 
-def load_checkpoint(checkpoint: Path, name: str = 'model') -> Any:
+def find(run: Optional[str], step: Optional[int] = None) -> Tuple[Path, Path]:
+    """The run (a uuid or prefix; the newest with a checkpoint when `None`) and its checkpoint to load."""
+    run_dir = find_run(run) if run is not None else newest_run_with_checkpoint()
+    return run_dir, find_checkpoint(run_dir, step)
+
+
+def _load(checkpoint: Path, name: str) -> Any:
     """The state a checkpoint saved as `name` (`model`, `training`), loaded safely."""
-    info = checkpoints.load_json(checkpoint / checkpoints.INFO)
+    info = checkpoints.files_of(checkpoint)
     if name not in info:
         raise UserError(f'{checkpoint / checkpoints.INFO} names no {name}')
     try:
@@ -156,32 +183,94 @@ def load_checkpoint(checkpoint: Path, name: str = 'model') -> Any:
         raise UserError(f'{e}; {checkpoints.newest_complete(checkpoint.parent, below=int(checkpoint.name))}') from None
 
 
+def load_weights(model, checkpoint: Path, why: str = ''):
+    """Load a checkpoint's weights into `model`, or say in one line why they do not fit it."""
+    state = _load(checkpoint, 'model')
+    try:
+        model.load_state_dict(state)
+    except (RuntimeError, KeyError, ValueError, TypeError, AttributeError) as e:
+        raise UserError(f'the weights of {checkpoint} do not fit the model of its configs '
+                        f'({checkpoints.detail(e)}){why}') from None
+
+
+def training_state(checkpoint: Path) -> Dict[str, Any]:
+    """A checkpoint's training state, for `--resume`; one line when it cannot be resumed."""
+    from .trainer import STATE_FORMAT
+    state = _load(checkpoint, 'training')
+    if not isinstance(state, dict) or state.get('format') != STATE_FORMAT:
+        raise UserError(f'{checkpoint} was saved by an earlier version of gpt_experiment and cannot be resumed; '
+                        f'generate and evaluate still read it, and init_from={uuid_of(checkpoint.parent.parent)}:'
+                        f'{checkpoint.name} starts a new run from its weights')
+    return state
+
+
 # ## What a run was given
 
-def given_configs(run_dir: Path) -> Dict[str, Any]:
-    """The values the run was given explicitly, from labml's `configs.yaml`."""
+def _configs_file(run_dir: Path) -> Dict[str, Any]:
     path = run_dir / 'configs.yaml'
-    configs = checkpoints.load_yaml(path)
-    if not isinstance(configs, dict):
+    configs = load_yaml(path)
+    if not isinstance(configs, dict) or not all(isinstance(v, dict) for v in configs.values()):
         raise UserError(f'{path} is not a labml configs file')
-    return {k: v['value'] for k, v in configs.items()
-            if isinstance(v, dict) and v.get('is_explicitly_specified') and 'value' in v}
+    return configs
+
+
+def given_configs(run_dir: Path) -> Dict[str, Any]:
+    """
+    The values the run was given explicitly, from labml's `configs.yaml`, checked as the
+    command line's are: a key this version does not know, or a value of the wrong type, is
+    one line naming the file.
+    """
+    from .configs import Configs
+    from .overrides import check_overrides
+    given = {k: v['value'] for k, v in _configs_file(run_dir).items()
+             if v.get('is_explicitly_specified') and 'value' in v}
+    try:
+        return check_overrides(Configs, given)
+    except UserError as e:
+        raise UserError(f'{run_dir / "configs.yaml"}: {e}') from None
 
 
 def config_values(run_dir: Path) -> Dict[str, Any]:
-    """Every config's value as the run recorded it (given, or set by an option), or `None`."""
-    configs = checkpoints.load_yaml(run_dir / 'configs.yaml') or {}
-    return {k: v.get('value') for k, v in configs.items() if isinstance(v, dict)} if isinstance(configs, dict) else {}
+    """Every config's value as the run recorded it (given, or set by an option)."""
+    return {k: v.get('value') for k, v in _configs_file(run_dir).items()}
 
 
-def config_value(run_dir: Path, key: str) -> Any:
-    """A config's value as the run recorded it, or `None`."""
-    return config_values(run_dir).get(key)
+def check_device(name: str):
+    """`--device`, checked by putting a tensor there: a device that does not exist, or CUDA with a
+    torch built without it, is a `UserError` of one line."""
+    import torch
+    try:
+        device = torch.device(name)
+        torch.empty(1, device=device)
+    except (RuntimeError, AssertionError, NotImplementedError) as e:
+        raise UserError(f'--device {name}: {str(e).strip().splitlines()[0]}') from None
+    if device.type == 'meta':
+        raise UserError('--device meta: meta tensors hold no values to generate from')
+    return device
+
+
+def load_model(run_dir: Path, checkpoint: Path, device: str):
+    """
+    The run's model with the checkpoint's weights, on `device` (checked), in eval mode, with
+    its configs and tokenizer: the configs it was given applied to a fresh `Configs`, the
+    vocabulary size from its saved tokenizer, so that nothing reads the corpus.
+    """
+    from labml import experiment
+    from .configs import Configs
+    device = check_device(device)
+    tokenizer = tokenizers.load(run_dir)
+    overrides = given_configs(run_dir)
+    overrides['n_tokens'] = tokenizer.n_tokens
+    conf = Configs()
+    experiment.configs(conf, overrides)
+    model = conf.model
+    load_weights(model, checkpoint, f' ({run_dir / "configs.yaml"}, {run_dir / tokenizers.FILE_NAME})')
+    return model.to(device).eval(), conf, tokenizer
 
 
 def run_info(run_dir: Path) -> Dict[str, Any]:
     """labml's `run.yaml`."""
-    info = checkpoints.load_yaml(run_dir / 'run.yaml')
+    info = load_yaml(run_dir / 'run.yaml')
     if not isinstance(info, dict):
         raise UserError(f'{run_dir / "run.yaml"} is not a labml run file')
     return info
@@ -210,33 +299,36 @@ def scalars(run_dir: Path, indicator: str) -> List[Tuple[int, float]]:
 
 def best_valid(run_dir: Path) -> Optional[Tuple[int, float]]:
     """`(step, loss)` of the lowest validation loss the run recorded, or `None`."""
-    valid = scalars(run_dir, 'loss.valid')
+    valid = [(s, v) for s, v in scalars(run_dir, 'loss.valid') if isinstance(v, float) and math.isfinite(v)]
     return min(valid, key=lambda sv: sv[1]) if valid else None
 
 
 def last_step(run_dir: Path) -> Optional[int]:
     """The last global step with a tracked value."""
     rows = _sqlite(run_dir, 'SELECT MAX(step) FROM scalars')
-    return rows[0][0] if rows else None
+    return rows[0][0] if rows and isinstance(rows[0][0], int) else None
 
 
 def _ending(run_dir: Path) -> Optional[Dict[str, Any]]:
     """The last line labml wrote to `run_log.jsonl` when the run ended, if it ended."""
     path = run_dir / 'run_log.jsonl'
-    if not path.is_file():
+    if not path.exists():
         return None
-    lines = [line for line in path.read_text(encoding='utf-8', errors='replace').splitlines() if line.strip()]
+    lines = [line for line in files.read_text(path).splitlines() if line.strip()]
     try:
-        return json.loads(lines[-1]) if lines else None
+        ending = json.loads(lines[-1]) if lines else None
     except ValueError:
-        raise UserError(f'{path} is not labml run log') from None
+        ending = None
+    if lines and not isinstance(ending, dict):
+        raise UserError(f'{path} is not a labml run log')
+    return ending
 
 
 def _pid(run_dir: Path) -> Optional[int]:
     pids = sorted((run_dir / 'pids').glob('*.pid'))
     try:
-        return int(pids[0].read_text().strip()) if pids else None
-    except (OSError, ValueError):
+        return int(files.read_text(pids[0], max_bytes=64).strip()) if pids else None
+    except (UserError, ValueError):
         return None
 
 
@@ -249,7 +341,7 @@ def status(run_dir: Path) -> str:
     ending = _ending(run_dir)
     if ending is None:
         pid = _pid(run_dir)
-        return 'running' if pid is not None and checkpoints.process_alive(pid) else 'crashed'
+        return 'running' if pid is not None and files.process_alive(pid) else 'crashed'
     if ending.get('status') == 'crashed' and 'loss is not finite' in str(ending.get('details')):
         return 'non-finite'
     return str(ending.get('status'))
@@ -292,11 +384,15 @@ def read_run(run_dir: Path) -> Run:
     state = status(run_dir)
     best = best_valid(run_dir)
     last = last_step(run_dir)
-    start = int(info.get('start_step') or 0)
+    try:
+        start = int(info.get('start_step') or 0)
+    except (TypeError, ValueError):
+        raise UserError(f'{run_dir / "run.yaml"}: start_step is not a number') from None
+    parent = info.get('load_run')
     return Run(uuid=uuid_of(run_dir), name=run_dir.parent.name,
                start=f"{info.get('trial_date', '')} {info.get('trial_time', '')}".strip(),
                status=state, seconds=_duration(run_dir, state),
-               parent=info.get('load_run') or None, tokens=None if last is None else last - start,
+               parent=str(parent) if parent else None, tokens=None if last is None else last - start,
                best_valid_loss=best[1] if best else None,
                checkpoints=checkpoint_steps(run_dir), path=run_dir)
 
@@ -310,47 +406,3 @@ def list_runs(logs: Path, name: Optional[str] = None) -> List[Run]:
         except (UserError, OSError) as e:
             print(f'warning: skipping run {folder.parent.name}/{folder.name}: {e}', file=sys.stderr)
     return sorted(runs, key=lambda r: (r.start, r.uuid))
-
-
-def _seconds(s: Optional[float]) -> str:
-    if s is None:
-        return '-'
-    s = int(s)
-    return f'{s // 3600}:{s // 60 % 60:02d}:{s % 60:02d}'
-
-
-def format_runs(runs: List[Run]) -> str:
-    rows = [('uuid', 'name', 'start', 'status', 'duration', 'parent', 'tokens', 'best valid', 'checkpoints')]
-    for r in runs:
-        rows.append((r.uuid, r.name, r.start, r.status, _seconds(r.seconds), r.parent or '-',
-                     '-' if r.tokens is None else f'{r.tokens:,}',
-                     '-' if r.best_valid_loss is None else f'{r.best_valid_loss:.4f}',
-                     ', '.join(str(s) for s in r.checkpoints) or '-'))
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]) - 1)]
-    return '\n'.join('  '.join(c.ljust(w) for c, w in zip(row, widths)) + '  ' + row[-1] for row in rows)
-
-
-@commands.command
-def main(argv: Optional[List[str]] = None) -> int:
-    """The command line (`gpt-runs`; `argv` defaults to `sys.argv[1:]`)."""
-    argv = sys.argv[1:] if argv is None else argv
-    if argv and argv[0] in ('-h', '--help'):
-        print(__doc__.split('```')[1].strip())
-        return 0
-    if argv and argv[0] in ('plot', 'compare'):
-        # `gpt-runs plot RUN ...`, `gpt-runs compare RUN RUN` ([compare](compare.html))
-        from . import compare
-        return compare.main(argv[0], argv[1:])
-    if argv and not checkpoints.is_plain_name(argv[0]):
-        raise UserError(f'not an experiment name: {argv[0]!r}')
-    logs = logs_path()
-    runs = list_runs(logs, argv[0] if argv else None)
-    if not runs:
-        print(f'no runs under {logs}')
-        return 0
-    print(format_runs(runs))
-    return 0
-
-
-if __name__ == '__main__':
-    sys.exit(main(sys.argv[1:]))

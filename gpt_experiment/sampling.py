@@ -35,7 +35,7 @@ $0, 1, \dots$), then go on one token at a time. Between two slides the model see
 `seq_len // 4`, recomputes $\frac34$ of a window every `seq_len // 4` tokens.
 """
 
-from typing import Iterator, List, Optional
+from typing import Iterator, Optional
 
 import torch
 import torch.nn.functional as F
@@ -48,41 +48,41 @@ from labml_nn.sampling.temperature import TemperatureSampler
 from labml_nn.sampling.top_k import TopKSampler
 from labml_nn.transformers.mha import MultiHeadAttention
 
-from .attention import causal_mask
+from . import tokenizers
 from .errors import UserError
+from .model import causal_mask
 
 
-def check_prompt(prompt: str, text):
-    """Refuse a prompt with tokens that the vocabulary lacks, naming them."""
-    missing = text.tokenizer.unknown(prompt)
-    if missing:
-        raise UserError(f'prompt {prompt!r} has tokens that are not in the vocabulary: '
-                        + ' '.join(repr(t) for t in missing))
+def check_prompt(prompt: str, tokenizer):
+    """Refuse an empty prompt, or one with characters that the vocabulary lacks, naming them."""
     if not prompt:
         raise UserError('prompt is empty: sampling needs at least one token to start from')
+    tokenizers.check_encodable(tokenizer, prompt, f'prompt {prompt!r}')
 
 
 @torch.no_grad()
-def greedy_continuation(model: nn.Module, text, prompt: str, *,
-                        n_tokens: int, seq_len: int, separator: str, device: torch.device) -> List[str]:
-    """The `n_tokens` tokens the model appends to `prompt`, taking the most likely one each time."""
-    from .tokenizers import StreamDecoder
+def greedy_continuation(model: nn.Module, tokenizer, prompt: str, *, n_tokens: int, seq_len: int,
+                        separator: str, device: torch.device) -> Iterator[str]:
+    """
+    The text of the `n_tokens` tokens the model appends to `prompt`, taking the most likely one
+    each time, yielded token by token (so that the caller can stop between two).
+    """
     was_training = model.training
     model.eval()
-    decoder = StreamDecoder(text.tokenizer)
-    ids = text.text_to_i(prompt).to(device)
-    out = []
-    for _ in range(n_tokens):
-        # `[seq_len, 1]`: the last `seq_len` tokens as a batch of one.
-        logits, *_ = model(ids[-seq_len:].unsqueeze(-1))
-        next_id = logits[-1, 0].argmax()
-        ids = torch.cat([ids, next_id.view(1)])
-        out.append(separator + decoder.add(next_id.item()))
-    tail = decoder.flush()
-    if tail:
-        out.append(separator + tail)
-    model.train(was_training)
-    return out
+    decoder = tokenizers.StreamDecoder(tokenizer)
+    ids = torch.tensor(tokenizer.encode(prompt), dtype=torch.long, device=device)
+    try:
+        for _ in range(n_tokens):
+            # `[seq_len, 1]`: the last `seq_len` tokens as a batch of one.
+            logits, *_ = model(ids[-seq_len:].unsqueeze(-1))
+            next_id = logits[-1, 0].argmax()
+            ids = torch.cat([ids, next_id.view(1)])
+            yield separator + decoder.add(next_id.item())
+        tail = decoder.flush()
+        if tail:
+            yield separator + tail
+    finally:
+        model.train(was_training)
 
 
 def make_sampler(temperature: float = 1.0, top_k: Optional[int] = None, top_p: Optional[float] = None) -> Sampler:

@@ -13,7 +13,8 @@ Two ways to turn text into token ids, behind one small interface (`encode`, `dec
 
 A run saves its tokenizer as `tokenizer.json` in the run's folder when it starts (`save`), and
 resuming, fine-tuning, `generate` and `evaluate` load it back from there (`load`), without the
-corpus.
+corpus. Whatever a tokenizer is asked to encode goes through one check first
+(`check_encodable`): a character vocabulary would silently drop the characters it lacks.
 
 `bpe_vocab_size` defaults to 2,048: on a 1 MB corpus such as Tiny Shakespeare a few thousand
 merges already cover the common words (about 2.5 characters a token), while the embedding and
@@ -23,10 +24,11 @@ learn; GPT-1's 40,478 is for a 5 GB corpus.
 
 import json
 from pathlib import Path
-from typing import Iterable, List
+from typing import Iterable, List, Union
 
 import numpy as np
 
+from . import files
 from .errors import UserError
 
 
@@ -125,23 +127,38 @@ def from_json(s: str):
     """A tokenizer from what `to_json` wrote."""
     value = json.loads(s)
     if value.get('kind') == 'character':
-        return CharacterTokenizer(value['itos'])
+        itos = value['itos']
+        # one distinct character per id
+        if not isinstance(itos, list) or not all(isinstance(c, str) and len(c) == 1 for c in itos) \
+                or len(set(itos)) != len(itos):
+            raise ValueError('itos is not a list of distinct characters')
+        return CharacterTokenizer(itos)
     from tokenizers import Tokenizer
     return BPETokenizer(Tokenizer.from_str(s))
 
 
+def check_encodable(tokenizer, texts: Union[str, Iterable[str]], what: str, whose: str = '', then: str = ''):
+    """
+    Refuse text with characters that the vocabulary lacks, naming them (at most ten): a
+    character tokenizer would drop them. A byte-level BPE encodes anything.
+    """
+    missing = sorted({c for text in ([texts] if isinstance(texts, str) else texts) for c in tokenizer.unknown(text)})
+    if missing:
+        shown = ' '.join(map(repr, missing[:10])) + (f' and {len(missing) - 10} more' if len(missing) > 10 else '')
+        raise UserError(f'{what} has characters that are not in the vocabulary{whose}: {shown}{then}')
+
+
 def save(tokenizer, folder: Path):
-    """Write `tokenizer.json` into `folder` (a run's folder)."""
-    (Path(folder) / FILE_NAME).write_text(tokenizer.to_json(), encoding='utf-8')
+    """Write `tokenizer.json` into `folder` (a run's folder), whole or not at all."""
+    files.write_atomically(Path(folder) / FILE_NAME, lambda f: f.write(tokenizer.to_json().encode('utf-8')))
 
 
 def load(folder: Path):
     """The tokenizer `save` wrote into `folder`; one line if it is missing or not a tokenizer."""
     path = Path(folder) / FILE_NAME
-    if not path.is_file():
-        raise UserError(f'{path} is missing')
+    text = files.read_text(path)
     try:
-        return from_json(path.read_text(encoding='utf-8'))
+        return from_json(text)
     except Exception as e:  # JSON that is not a tokenizer, or not JSON
         raise UserError(f'{path} is not a tokenizer ({e.__class__.__name__})') from None
 

@@ -2,43 +2,114 @@
 # Training
 
 `train(overrides)` is the experiment as a function: it creates a labml experiment, applies the
-overrides to the defaults through `experiment.configs`, checks them, registers the model for
-checkpoints, and trains. The command line ([main](main.html)) calls it; so can a notebook:
+overrides to the defaults through `experiment.configs`, checks them, and trains. The command
+line calls it ([cli](cli.html)); so can a notebook:
 
 ```python
 from gpt_experiment import train
 conf = train({'epochs': 1, 'transformer.n_layers': 2})
 ```
+
+A run can continue another, from a checkpoint that the [run store](runs.html) finds and checks:
+
+* **`--resume RUN`** continues that run, as a new labml run that names its parent (`load_run`
+  in its `run.yaml`) beside it: its weights, the optimizer's state, where the data stands and
+  the random generators, from the newest complete checkpoint or `--checkpoint STEP`. The
+  configuration is the parent's, with the `key=value` given on top; the parent is never
+  written to. Resumed from anywhere, the run trains exactly what the parent would have
+  ([trainer](trainer.html)).
+* **`init_from=RUN[:STEP]`** starts a *new* run from that checkpoint's weights (nanoGPT's
+  `init_from`, for fine-tuning): the weights, the tokenizer and the model's shape are the
+  source's; the optimizer, the schedule, the data order and the step counter start fresh. The
+  run records `init_from: <uuid>:<step>`, whatever prefix was typed.
+
+Either way the run keeps what makes its model: the keys of `MODEL_KEYS` ([configs](configs.html))
+cannot change, which is one line, and the corpus is encoded with the run's `tokenizer.json`.
+Everything that can fail on bad input is done before the run's folder is written.
+
+Where tracked values go is labml's writers: `screen` (the console), `sqlite` (the run's
+`sqlite.db`), `web_api` (the [dashboard](dashboard.html)), `tensorboard` and `file`;
+[`TensorBoardExtras`](#TensorBoardExtras) adds the configs and the samples to TensorBoard.
 """
 
+import importlib.util
 import time
-from typing import Any, Dict, Iterable, Optional, Union
+from pathlib import Path
+from typing import Any, Dict, Iterable, NamedTuple, Optional, Set, Union
 
-from labml import experiment, tracker
+from labml import experiment, logger, tracker
+from labml.logger import Text
 
-from . import checkpoints, console, dashboard, distributed, finetune, labml_glue, runs, summary, tokenizers
-from . import writers as writers_
-from . import resume as resume_state
+from . import checkpoints, console, dashboard, distributed, files, labml_glue, reports, runs, tokenizers
 from .checks import check_configs
-from .configs import Configs
+from .configs import MODEL_KEYS, Configs, model_keys
 from .errors import UserError
 from .overrides import check_overrides, config_keys
-from .runs import project_path
+
+DEFAULT_WRITERS = ('screen', 'sqlite', 'web_api')
+KNOWN_WRITERS = ('screen', 'sqlite', 'web_api', 'tensorboard', 'file')
 
 
-# What makes the tokenizer, which a resumed run cannot change
-TOKENIZER_KEYS = ('tokenizer', 'bpe_vocab_size', 'bpe_train_bytes')
+class Start(NamedTuple):
+    """The checkpoint a run starts from: one to resume, or the weights of `init_from`."""
+    run: Path
+    checkpoint: Path
+    # The training state of a checkpoint to resume; `None` for `init_from`
+    state: Optional[Dict[str, Any]]
+
+    @property
+    def name(self) -> str:
+        """`<uuid>:<step>`, as a run started from it records it."""
+        return f'{runs.uuid_of(self.run)}:{self.checkpoint.name}'
+
+
+def _keep_model(run_dir: Path, overrides: Dict[str, Any], how: str):
+    """Refuse values of `MODEL_KEYS` that contradict what run `run_dir` had."""
+    declared = config_keys(Configs)
+    recorded = runs.config_values(run_dir)
+    had = {k: declared[k].default if recorded.get(k) is None else recorded[k] for k in MODEL_KEYS + ('seq_len',)}
+    for key in model_keys(had['transformer.src_embed']):
+        if key in overrides and str(overrides[key]) != str(had[key]):
+            raise UserError(f'{key}={overrides[key]} contradicts run {runs.uuid_of(run_dir)}, which has '
+                            f'{key}={had[key]}: {how}')
+
+
+def resumed(run: str, step: Optional[int], overrides: Dict[str, Any]) -> tuple:
+    """The checkpoint `--resume` continues from, and the run's configs with `overrides` on top."""
+    run_dir, checkpoint = runs.find(run, step)
+    state = runs.training_state(checkpoint)
+    given = runs.given_configs(run_dir)
+    _keep_model(run_dir, overrides, 'a resumed run keeps its model and its tokenizer.json')
+    return Start(run_dir, checkpoint, state), {**given, **overrides}
+
+
+def initialised(overrides: Dict[str, Any]) -> tuple:
+    """The checkpoint `init_from=RUN[:STEP]` starts from, and the source's model keys under `overrides`."""
+    init_from = overrides['init_from']
+    run, colon, step = init_from.partition(':')
+    if colon and not step.isdigit():
+        raise UserError(f'init_from={init_from!r}: the step after ":" must be a checkpoint step (a number)')
+    try:
+        run_dir, checkpoint = runs.find(run, int(step) if colon else None)
+    except UserError as e:
+        raise UserError(f'init_from: {e}') from None
+    _keep_model(run_dir, overrides, "init_from takes the model's shape from the source run")
+    given = runs.given_configs(run_dir)
+    start = Start(run_dir, checkpoint, None)
+    shape = {k: v for k, v in given.items() if k in MODEL_KEYS + ('seq_len',) and
+             (k != 'seq_len' or 'seq_len' not in overrides)}
+    return start, {**overrides, **shape, 'init_from': start.name}
 
 
 def configure(overrides: Dict[str, Any], run_tokenizer=None) -> Configs:
     """
-    `Configs` with `overrides` applied to the defaults through labml, and every value checked:
-    what `train` does before anything is written. It needs a labml experiment (`experiment.create`).
-    `run_tokenizer` is the tokenizer of the run it continues from, kept as it is.
+    `Configs` with `overrides` (already checked) applied to the defaults through labml, and
+    every value checked: what `train` does before anything is written. It needs a labml
+    experiment (`experiment.create`). `run_tokenizer` is the tokenizer of the run it continues.
     """
     conf = Configs()
     conf._run_tokenizer = run_tokenizer
-    experiment.configs(conf, check_overrides(Configs, overrides))
+    experiment.configs(conf, overrides)
     check_configs(conf)
     distributed.check_batch(conf.batch_size)
     return conf
@@ -49,90 +120,137 @@ def compute_ahead(c: Configs):
     Compute now every config that training reads. labml rewrites the run's `configs.yaml` (a
     pure-Python YAML dump of every key, about a fifth of a second) each time a config is first
     computed after `experiment.start()`; computed lazily, the first steps would pay for two
-    dozen of them. The loop count waits: it depends on the checkpoint a resumed run loads at
-    the start.
+    dozen of them. labml_helpers' loop machinery, which the trainer does not use, is left alone.
     """
     for key in dir(c):
-        if key not in ('loop_count', 'training_loop'):
+        if key not in ('loop_count', 'loop_step', 'training_loop', 'trainer', 'validator'):
             getattr(c, key)
 
 
+def check_writers(writers: Union[str, Iterable[str]]) -> Set[str]:
+    """`'screen,tensorboard'` or a collection of names, checked, as labml's set of writers."""
+    names = [w.strip() for w in writers.split(',')] if isinstance(writers, str) else [str(w) for w in writers]
+    names = [w for w in names if w]
+    unknown = [w for w in names if w not in KNOWN_WRITERS]
+    if unknown:
+        raise UserError(f'unknown writer {unknown[0]!r}; choose from: {", ".join(KNOWN_WRITERS)}')
+    if 'tensorboard' in names and importlib.util.find_spec('tensorboard') is None:
+        raise UserError('the tensorboard writer needs TensorBoard: pip install "gpt-experiment[tensorboard]"')
+    return set(names)
+
+
 def train(overrides: Optional[Dict[str, Any]] = None, *, name: Optional[str] = None, comment: str = '',
-         resume: Optional[str] = None, checkpoint: Optional[int] = None,
-         writers: Union[str, Iterable[str]] = writers_.DEFAULT, verbose: bool = False) -> Configs:
+          resume: Optional[str] = None, checkpoint: Optional[int] = None,
+          writers: Union[str, Iterable[str]] = DEFAULT_WRITERS, verbose: bool = False) -> Configs:
     """
     Train a GPT with `overrides` applied to the defaults; returns the computed configs.
-    `resume` (a run uuid) continues that run from its newest complete checkpoint, or from
-    `checkpoint`, as a new run ([resume](resume.html)). Under torchrun, every process calls
-    this ([distributed](distributed.html)). `writers` are labml's ([writers](writers.html)); `verbose`
-    shows labml's `Prepare <config>` sections ([console](console.html)).
+    `resume` (a run uuid or prefix) continues that run from its newest complete checkpoint, or
+    from `checkpoint`. Under torchrun, every process calls this ([distributed](distributed.html)).
+    `verbose` shows labml's `Prepare <config>` sections ([console](console.html)).
     """
     console.install(verbose)
     overrides = check_overrides(Configs, overrides or {})
-    writers = writers_.check_writers(writers)
-    if name is not None and not checkpoints.is_plain_name(name):
+    writers = check_writers(writers)
+    if name is not None and not files.is_plain_name(name):
         raise UserError(f'--name must be a plain name (a folder under logs/), got {name!r}')
-    world = distributed.setup()
-    ranks = dict(uuid=distributed.shared_uuid(), distributed_rank=world.rank,
-                 distributed_world_size=world.size if world.is_distributed else 0,
-                 writers=writers if world.is_main else set())
-    experiment.create(name=name or 'gpt', comment=comment, python_file=project_path(), **ranks)
-    source, parent, step, run_tokenizer = None, None, None, None
-    if overrides.get('init_from'):
-        # A new run from another run's weights, with its tokenizer and shape ([finetune](finetune.html)).
-        if resume is not None:
-            raise UserError('init_from starts a new run from a run\'s weights and --resume continues a run; give one')
-        source = finetune.find_source(overrides['init_from'])
-        overrides = finetune.with_source_shape(source, overrides)
-        run_tokenizer = tokenizers.load(source.run)
-    if resume is not None:
-        parent = runs.find_run(resume)
-        step = int(runs.find_checkpoint(parent, checkpoint).name)
-        if world.is_main and runs.status(parent) != 'running':
-            # what a killed writer of the parent left half written
-            checkpoints.remove_partial_checkpoints(parent)
-        # The run's tokenizer, as it saved it: the corpus is encoded with it, never rebuilt.
-        run_tokenizer = tokenizers.load(parent)
-        given = check_overrides(Configs, runs.given_configs(parent))
-        defaults = config_keys(Configs)
-        for key in TOKENIZER_KEYS:
-            if key in overrides and overrides[key] != given.get(key, defaults[key].default):
-                raise UserError(f'{key} cannot change when resuming: run {parent.name} keeps its tokenizer.json')
-        overrides = {**given, **overrides}
-        if name is None and parent.parent.name != 'gpt':
-            # the continuation goes beside its parent
-            experiment.create(name=parent.parent.name, comment=comment, python_file=project_path(), **ranks)
-    elif checkpoint is not None:
+    if checkpoint is not None and resume is None:
         raise UserError('--checkpoint needs --resume RUN_UUID')
-    # Everything that can fail on bad input is computed before the run's folder is written.
+    if resume is not None and overrides.get('init_from'):
+        raise UserError("init_from starts a new run from a run's weights and --resume continues a run; give one")
+    python_file = runs.project_path()
+    start = None
+    if resume is not None:
+        start, overrides = resumed(resume, checkpoint, overrides)
+    elif overrides.get('init_from'):
+        start, overrides = initialised(overrides)
+    run_tokenizer = tokenizers.load(start.run) if start is not None else None
+    world = distributed.setup()
+    # A resumed run goes beside its parent, under its experiment's name.
+    name = name or (start.run.parent.name if start is not None and start.state is not None else 'gpt')
+    experiment.create(name=name, comment=comment, python_file=python_file, uuid=distributed.shared_uuid(),
+                      distributed_rank=world.rank, distributed_world_size=world.size if world.is_distributed else 0,
+                      writers=writers if world.is_main else set())
     conf = configure(overrides, run_tokenizer=run_tokenizer)
-    if source is not None:
-        finetune.load_weights(conf.model, source)
-    checkpoints.install({
-        'model': checkpoints.model_saver('model', conf.model),
-        'training': checkpoints.TorchStateSaver('training', lambda: resume_state.training_state(conf),
-                                                lambda state: resume_state.load_training_state(conf, state)),
-    }, resumed_step=step)
+    step = None
+    if start is not None:
+        runs.load_weights(conf.model, start.checkpoint, ': the model cannot change')
+        if start.state is not None:
+            step = int(start.checkpoint.name)
+            if start.state['position']['epoch'] >= conf.epochs:
+                raise UserError(f'the checkpoint has done {start.state["position"]["epoch"]} of epochs={conf.epochs}; '
+                                f'give a larger epochs=N to train longer')
+            conf.load_state_dict(start.state)
+            if world.is_main and runs.status(start.run) != 'running':
+                # what a killed writer of the parent left half written
+                checkpoints.remove_partial_checkpoints(start.run)
+    checkpoints.install(conf.model, conf.state_dict, resumed_step=step)
     compute_ahead(conf)
-    # labml's tracker is a process-wide singleton: a second run in the same process (a
-    # notebook) starts counting from zero again, or from the checkpoint it resumes.
-    tracker.set_global_step(step or 0)
-    experiment.load(parent.name if parent else None, step)
     # The dashboard, when one is configured and answers ([dashboard](dashboard.html)).
     dashboard_api = dashboard.connect(writers if world.is_main else set())
     run_uuid, run_path = labml_glue.run_uuid(), labml_glue.run_path()
-    started = time.time()
+    started, ended = time.time(), None
     try:
-        with labml_glue.start(daemon_sender=dashboard_api is not None):
+        with labml_glue.start(parent=start.name.split(':')[0] if step is not None else None, step=step or 0,
+                              daemon_sender=dashboard_api is not None):
             # in the dashboard's runs list while it trains
             dashboard.claim_soon(dashboard_api, run_uuid)
-            if 'tensorboard' in writers and world.is_main:
-                labml_glue.add_tracker_writer(writers_.TensorBoardExtras(run_path / 'tensorboard', labml_glue.run_configs()))
+            if world.is_main:
+                # The tokenizer goes with the run, for `generate` and every run that continues it.
+                tokenizers.save(conf.text.tokenizer, run_path)
+                n_params = sum(p.numel() for p in conf.model.parameters())
+                logger.log([('Model parameters: ', Text.key), (f'{n_params:,}', Text.value)])
+                if start is not None and start.state is None:
+                    logger.log([('Initialised from: ', Text.key), (f'run {start.name}', Text.value)])
+                if 'tensorboard' in writers:
+                    labml_glue.add_tracker_writer(TensorBoardExtras(run_path / 'tensorboard', labml_glue.run_configs()))
             conf.run()
+    except KeyboardInterrupt as e:
+        ended = e
+        raise
     finally:
         seconds = time.time() - started
         page = dashboard.finish(dashboard_api, run_uuid)
-    if world.is_main:
-        summary.report(run_path, tokens=tracker.get_global_step() - (step or 0), seconds=seconds,
-                       dashboard_url=page)
+        if world.is_main and (ended is not None or conf._position.epoch >= conf.epochs):
+            reports.summary(run_path, tokens=tracker.get_global_step() - (step or 0), seconds=seconds,
+                            dashboard_url=page)
+            if ended is not None and conf.is_save_models:
+                logger.log(f'Resume with: gpt-train --resume {run_uuid}', Text.highlight)
     return conf
+
+
+class TensorBoardExtras(labml_glue.TrackerWriter):
+    """
+    <a id="TensorBoardExtras"></a>
+    A labml writer for what its TensorBoard writer leaves out: the run's configs as
+    hyperparameters (TensorBoard's HPARAMS tab) and the sampled text (its TEXT tab).
+    """
+
+    def __init__(self, log_dir: Path, configs: Dict[str, Dict[str, Any]]):
+        from torch.utils.tensorboard import SummaryWriter
+        self.writer = SummaryWriter(str(log_dir))
+        # `run_name='.'` keeps them in the run's own folder (the default is a sub-folder)
+        self.writer.add_hparams(hyperparameters(configs), {}, run_name='.')
+
+    def write(self, *, global_step: int, indicators):
+        for indicator in indicators.values():
+            if isinstance(indicator, labml_glue.TextIndicator) and not indicator.is_empty():
+                for value in indicator.get_values().values():
+                    self.writer.add_text(indicator.name, str(value), global_step)
+
+    def flush(self):
+        self.writer.flush()
+
+
+def hyperparameters(configs: Dict[str, Dict[str, Any]]) -> Dict[str, Any]:
+    """
+    labml's configs (`labml_glue.run_configs()`) as TensorBoard hyperparameters: the option's
+    name for a key with options (labml names only those that were given), otherwise its value
+    when a number, a string or a flag.
+    """
+    simple = (bool, int, float, str)
+    params = {}
+    for key, c in configs.items():
+        value = c.get('value') if c.get('options') else c.get('computed')
+        if isinstance(value, simple):
+            params[key] = value
+    return params

@@ -123,7 +123,9 @@ def read_scalars(run_dir: Path, indicator: str) -> List[tuple]:
 def pytest_configure(config):
     # gpt_experiment silences this labml warning with `warnings.filterwarnings` at import time;
     # pytest resets the filters for every test, so repeat it here.
-    config.addinivalue_line('filterwarnings', 'ignore:Overriding option for text')
+    config.addinivalue_line('filterwarnings', 'ignore:Overriding option for')
     # `pytest -m cuda` runs only the tests of the CUDA path (tests/test_cuda.py); without a GPU
     # they are reported as skipped, with the reason.
     config.addinivalue_line('markers', 'cuda: needs a CUDA GPU (skipped where none is available)')
+    # `pytest -m "not slow"`: the quick loop, under three minutes on two cores; CI runs everything.
+    config.addinivalue_line('markers', 'slow: starts processes or trains several runs (left out by -m "not slow")')

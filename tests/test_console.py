@@ -17,6 +17,7 @@ def _args(*extra):
             'log_interval=2', '--writers', 'screen,sqlite', *extra]
 
 
+@pytest.mark.slow
 def test_piped_run_prints_plain_lines(project):
     out = run_cli(_args(), project)
     assert out.returncode == 0, out.stderr
@@ -33,6 +34,7 @@ def test_piped_run_prints_plain_lines(project):
     assert 'best valid loss:' in log
 
 
+@pytest.mark.slow
 def test_verbose_shows_the_prepare_sections(project):
     out = run_cli(_args('--verbose'), project)
     assert out.returncode == 0, out.stderr

@@ -1,4 +1,4 @@
-"""Corpus reading, checking, splitting and caching (gpt_experiment.corpus), and batches (gpt_experiment.batches)."""
+"""Corpus reading, checking, splitting and caching, and its batches (gpt_experiment.corpus)."""
 
 import hashlib
 import os
@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from gpt_experiment import UserError, corpus
-from gpt_experiment.batches import ShuffledWindows
+from gpt_experiment.corpus import ShuffledWindows
 
 from conftest import CORPUS
 
@@ -25,9 +25,9 @@ def text_of(c: corpus.Corpus, split: str) -> str:
     return c.tokenizer.decode(getattr(c, split).tolist())
 
 
-def _epoch(loader: ShuffledWindows):
+def _epoch(loader: ShuffledWindows, epoch: int = 0):
     """The batches of one epoch, and the start index of every window (tokens are their own indices)."""
-    batches = list(loader)
+    batches = [(x, y) for x, y, _ in loader.epoch(epoch)]
     starts = torch.cat([x[0] for x, _ in batches]).tolist()
     return batches, starts
 
@@ -67,22 +67,36 @@ def test_windows_follow_an_arbitrary_token_tensor():
     torch.manual_seed(1)
     tokens = torch.randint(0, 5, (300,))
     index = torch.arange(300)
-    torch.manual_seed(2)
-    x, y = next(iter(ShuffledWindows(tokens, batch_size=4, seq_len=10)))
-    torch.manual_seed(2)
-    ix, iy = next(iter(ShuffledWindows(index, batch_size=4, seq_len=10)))
+    x, y, _ = next(ShuffledWindows(tokens, batch_size=4, seq_len=10, seed=2).epoch(0))
+    ix, iy, _ = next(ShuffledWindows(index, batch_size=4, seq_len=10, seed=2).epoch(0))
     # the same random draws cut the same windows: the batch is the text at those indices
     assert torch.equal(x, tokens[ix]) and torch.equal(y, tokens[iy])
     assert torch.equal(iy, ix + 1)
 
 
-def test_epochs_are_shuffled_differently():
-    torch.manual_seed(0)
-    loader = ShuffledWindows(torch.arange(2000), batch_size=8, seq_len=16)
-    _, first = _epoch(loader)
-    _, second = _epoch(loader)
+def test_epochs_are_shuffled_differently_and_each_is_a_function_of_the_seed():
+    loader = ShuffledWindows(torch.arange(2000), batch_size=8, seq_len=16, seed=3)
+    _, first = _epoch(loader, 0)
+    _, second = _epoch(loader, 1)
     assert first != second
     assert sorted(s // 16 for s in first) == sorted(s // 16 for s in second)
+    # the same epoch again, from another loader with the same seed, whatever the global generator
+    torch.manual_seed(123)
+    assert _epoch(ShuffledWindows(torch.arange(2000), batch_size=8, seq_len=16, seed=3), 1)[1] == second
+    assert _epoch(ShuffledWindows(torch.arange(2000), batch_size=8, seq_len=16, seed=4), 1)[1] != second
+
+
+def test_an_epoch_resumed_at_any_window_gives_the_rest_of_the_same_batches():
+    loader = ShuffledWindows(torch.arange(2000), batch_size=8, seq_len=16, seed=3)
+    whole = torch.cat([x for x, _, _ in loader.epoch(2)], dim=1)
+    for start in (0, 8, 13, 100, 121):
+        rest = list(loader.epoch(2, start))
+        # a start between two cuts of the batch grid gives one short batch, then the grid again
+        assert [n for _, _, n in rest] == [x.shape[1] for x, _, _ in rest]
+        assert rest[0][2] == min(8 - start % 8, 124 - start)
+        assert torch.equal(torch.cat([x for x, _, _ in rest], dim=1), whole[:, start:])
+    # and a stretch of it, up to a window
+    assert torch.equal(torch.cat([x for x, _, _ in loader.epoch(2, 16, 40)], dim=1), whole[:, 16:40])
 
 
 def test_file_and_folder(tmp_path):

@@ -1,8 +1,9 @@
 """
-The CUDA path, on a GPU: the fast path computes labml_nn's recipe in fp32, bf16 and fp16
-(with its gradient scaler) train, the fused optimizer makes the CPU's update, compiled steps
-make eager ones, the key/value cache decodes what the full context decodes, one process under
-torchrun trains through NCCL, and a resumed run repeats a straight one.
+The CUDA path, on a GPU: the fast path computes labml_nn's attention in fp32, bf16 and fp16
+(with its gradient scaler) train, PyTorch's fused Adam with the schedule makes labml_nn's CPU
+update, compiled steps make eager ones, the key/value cache decodes what the full context
+decodes, one process under torchrun trains through NCCL, and a run stopped and resumed repeats
+a straight one.
 
 Every test is marked `cuda` (`pytest -m cuda` runs them alone) and is skipped, with the reason,
 where CUDA is not available.
@@ -15,11 +16,7 @@ import sys
 import pytest
 import torch
 
-from labml_helpers.train_valid import BatchIndex
-from labml_nn.optimizers.adam_warmup_cosine_decay import AdamWarmupCosineDecay
-
-from gpt_experiment.metrics import StepMetrics
-from gpt_experiment.optimizer import FusedAdamWarmupCosineDecay
+from gpt_experiment.trainer import StepMetrics
 from gpt_experiment.sampling import generate as decode, make_sampler
 from gpt_experiment import train
 
@@ -27,7 +24,7 @@ from conftest import REPO_ROOT, checkpoint_steps, read_scalars, run_dirs, write_
 from test_distributed import DDP, DRIVER
 from test_fast_paths import _assert_follows, _train_pair
 from test_generate import _random_model
-from test_resume import RESUME, _curve, _params
+from test_resume import RESUME, _chain, _curve, _params
 
 pytestmark = [pytest.mark.cuda,
               pytest.mark.skipif(not torch.cuda.is_available(), reason='CUDA is not available')]
@@ -56,13 +53,9 @@ def _losses(recorded):
 
 
 def _train_steps(conf, batches):
-    """The trainer's own step (`Configs.step`) over `batches`, as one training stretch."""
-    index = BatchIndex(len(batches), 1)
-    index.reset(len(batches), 1)
-    with conf.mode.update(is_train=True):
-        for batch in batches:
-            conf.step(batch, index)
-            index.step()
+    """The trainer's own step (`Trainer.train_step`) over `batches`."""
+    for x, y, _ in batches:
+        conf.train_step(x, y)
 
 
 def _assert_same_parameters(a, b):
@@ -73,14 +66,14 @@ def _assert_same_parameters(a, b):
 
 
 def test_fast_path_matches_labml_recipe_in_fp32(tiny_configs, recorded):
-    """sdpa attention, batch first, the fused optimizer with clipping folded in: labml_nn's logits and updates."""
+    """sdpa attention, batch first, on the GPU: labml_nn's attention's logits and updates."""
     shape = {**CUDA, 'transformer.n_layers': 2, 'learning_rate': 3e-3, 'warmup_steps': 256}
-    stock = tiny_configs(**shape, **{'transformer.encoder_attn': 'mha', 'optimizer.optimizer': 'AdamWarmupCosineDecay'})
+    stock = tiny_configs(**shape, **{'transformer.encoder_attn': 'mha'})
     fast = tiny_configs(**shape)
-    assert fast.device.type == 'cuda' and fast.model.batch_first
-    assert type(stock.optimizer) is AdamWarmupCosineDecay and isinstance(fast.optimizer, FusedAdamWarmupCosineDecay)
+    assert fast.device.type == 'cuda' and fast.model.batch_first and not stock.model.batch_first
+    assert fast.optimizer.param_groups[0]['fused']
     fast.model.load_state_dict(stock.model.state_dict())
-    batches = list(fast.train_loader)[:10]
+    batches = list(fast.train_loader.epoch(0))[:10]
 
     x = batches[0][0]
     stock.model.eval(), fast.model.eval()
@@ -119,7 +112,7 @@ def test_mixed_precision_training_lowers_the_loss(project, recorded, dtype):
 
 
 def test_fused_optimizer_on_cuda_makes_labml_cpu_update(monkeypatch):
-    """Ten clipped steps of the fused kernel on CUDA end where labml_nn's optimizer ends on the CPU."""
+    """Ten clipped steps of PyTorch's fused kernel on CUDA end where labml_nn's optimizer ends on the CPU."""
     devices = []
     for name in ('_fused_adam_', '_fused_adamw_'):
         kernel = getattr(torch, name)
@@ -128,7 +121,7 @@ def test_fused_optimizer_on_cuda_makes_labml_cpu_update(monkeypatch):
             devices.append(params[0].device.type)
             return _kernel(params, *args, **kwargs)
         monkeypatch.setattr(torch, name, spy)
-    stock, fused, *_ = _train_pair(FusedAdamWarmupCosineDecay, True, max_norm=0.05, device='cuda')
+    stock, fused, *_ = _train_pair(True, max_norm=0.05, device='cuda')
     assert set(devices) == {'cuda'} and len(devices) == 20
     _assert_follows(stock, fused.cpu(), rel=1e-5, atol=1e-7)
 
@@ -141,18 +134,13 @@ def test_training_steps_do_not_wait_for_the_gpu(tiny_configs, dtype):
     synchronises, so the host runs ahead of the GPU.
     """
     conf = tiny_configs(**CUDA, log_interval=1000, dtype=dtype)
-    batches = list(conf.train_loader)
-    index = BatchIndex(len(batches), 1)
-    index.reset(len(batches), 1)
-    with conf.mode.update(is_train=True):
-        for i, batch in enumerate(batches[:6]):
-            # The first two steps set up cuBLAS, the causal mask and the optimizer's state.
-            torch.cuda.set_sync_debug_mode('error' if i >= 2 else 'default')
-            try:
-                conf.step(batch, index)
-            finally:
-                torch.cuda.set_sync_debug_mode('default')
-            index.step()
+    for i, (x, y, _) in enumerate(list(conf.train_loader.epoch(0))[:6]):
+        # The first two steps set up cuBLAS and the optimizer's state.
+        torch.cuda.set_sync_debug_mode('error' if i >= 2 else 'default')
+        try:
+            conf.train_step(x, y)
+        finally:
+            torch.cuda.set_sync_debug_mode('default')
 
 
 def test_compiled_steps_match_eager_steps(tiny_configs, recorded):
@@ -162,7 +150,7 @@ def test_compiled_steps_match_eager_steps(tiny_configs, recorded):
     compiled = tiny_configs(**shape, compile=True)
     assert isinstance(compiled.train_model, torch._dynamo.eval_frame.OptimizedModule)
     compiled.model.load_state_dict(eager.model.state_dict())
-    batches = list(eager.train_loader)[:8]
+    batches = list(eager.train_loader.epoch(0))[:8]
     _train_steps(eager, batches)
     eager_losses = _losses(recorded)
     _train_steps(compiled, batches)
@@ -209,19 +197,17 @@ def test_one_process_under_torchrun_trains_through_nccl(tmp_path, monkeypatch):
     assert max(differences.values()) <= 1e-5, differences
 
 
-def test_resume_on_cuda_repeats_the_straight_run(project):
-    straight = train({**RESUME, **CUDA, 'epochs': 2}, name='straight')
-    first = train({**RESUME, **CUDA, 'epochs': 1}, name='resumed')
+def test_a_run_stopped_and_resumed_on_cuda_repeats_the_straight_run(project, monkeypatch):
+    straight = train({**RESUME, **CUDA}, name='straight', writers='sqlite')
     assert straight.device.type == 'cuda'
-    (parent,) = run_dirs(project, 'resumed')
-    resumed = train({'epochs': 2}, resume=parent.name)
+    folders, resumed = _chain(monkeypatch, [('step', 20), ('valid', 2)], overrides=CUDA)
     assert resumed.device.type == 'cuda'
     a, b = _params(straight), _params(resumed)
     for k in a:
         torch.testing.assert_close(b[k], a[k], rtol=0, atol=1e-5, msg=k)
-    assert not all(torch.allclose(a[k], v, atol=1e-4) for k, v in _params(first).items())
     (straight_dir,) = run_dirs(project, 'straight')
-    child = next(r for r in run_dirs(project, 'resumed') if r != parent)
-    whole, joined = _curve(straight_dir, 'loss.valid'), _curve(parent, 'loss.valid') + _curve(child, 'loss.valid')
+    # the same steps, with the same learning rates, and the same validations
+    assert [sv for run in folders for sv in _curve(run, 'lr')] == _curve(straight_dir, 'lr')
+    whole, joined = _curve(straight_dir, 'loss.valid'), [sv for run in folders for sv in _curve(run, 'loss.valid')]
     assert [s for s, _ in whole] == [s for s, _ in joined]
     assert [v for _, v in whole] == pytest.approx([v for _, v in joined], abs=1e-5)

@@ -5,10 +5,14 @@ and exits (labml 0.4 alone would retry forever after training). `python -m
 gpt_experiment.dashboard` tells its user where it is.
 """
 
+import pytest
 import re
 
 from conftest import TINY, checkpoint_steps, run_cli, run_dirs, write_project
 from dashboard_helpers import free_port, running_dashboard
+
+# Each test starts the dashboard.
+pytestmark = pytest.mark.slow
 
 
 def test_a_run_exits_and_says_so_when_the_dashboard_is_not_reached(tmp_path, monkeypatch):

@@ -19,6 +19,9 @@ import pytest
 from conftest import REPO_ROOT, TINY, run_cli, write_project
 from dashboard_helpers import running_dashboard
 
+# The dashboard and a browser.
+pytestmark = pytest.mark.slow
+
 CHROMIUM = os.environ.get('CHROMIUM', '/usr/bin/chromium')
 NODE_MODULES = Path(os.environ.get('DASHBOARD_NODE_MODULES', REPO_ROOT / 'tests' / 'web' / 'node_modules'))
 # Where the page's CDN files come from, offline: URL prefix -> installed file or folder.

@@ -18,6 +18,9 @@ from gpt_experiment import train
 
 from conftest import REPO_ROOT, TINY, checkpoint_steps, read_scalars, run_dirs, write_project
 
+# Every test starts torchrun with two processes.
+pytestmark = pytest.mark.slow
+
 # seq_len 18 cuts the training text into 230 windows: 28 batches of 8 and one of 6, which
 # all split evenly between two ranks.
 DDP = {**TINY, 'seq_len': 18, 'text': 'corpus.txt', 'epochs': 1, 'inner_iterations': 1, 'sample_tokens': 2,
@@ -68,13 +71,12 @@ def test_two_processes_match_one(tmp_path, monkeypatch):
 
 
 def test_ranks_split_every_batch_of_the_same_order():
-    from gpt_experiment.batches import ShuffledWindows
+    from gpt_experiment.corpus import ShuffledWindows
     tokens = torch.arange(1000)
 
     def batches(rank, world_size, seed=5):
-        loader = ShuffledWindows(tokens, batch_size=8, seq_len=10, generator=torch.Generator().manual_seed(seed),
-                                 rank=rank, world_size=world_size)
-        return [x for x, _ in loader], len(loader)
+        loader = ShuffledWindows(tokens, batch_size=8, seq_len=10, seed=seed, rank=rank, world_size=world_size)
+        return [x for x, _, _ in loader.epoch(0)], len(loader)
 
     (whole, n), (first, n0), (second, n1) = batches(0, 1), batches(0, 2), batches(1, 2)
     assert n == n0 == n1 == len(whole) == len(first)
@@ -92,6 +94,7 @@ STOPPED_DRIVER = r'''
 import os, sys
 from labml import tracker
 from gpt_experiment.main import run
+
 rank = os.environ['RANK']
 open(f'pid{rank}', 'w').write(str(os.getpid()))
 status = run(sys.argv[1:])

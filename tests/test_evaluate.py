@@ -13,10 +13,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from gpt_experiment import evaluate, generate, runs, tokenizers
+from gpt_experiment import evaluate, runs
 from gpt_experiment import train
 
-from conftest import PARAGRAPH, REPO_ROOT, TINY, run_dirs
+from conftest import CORPUS, PARAGRAPH, REPO_ROOT, TINY, run_dirs
 
 
 @pytest.fixture
@@ -44,8 +44,7 @@ def test_windows_score_every_token_once_within_the_context(n, seq_len, stride):
 
 def test_one_window_is_the_model_own_loss(char_run, project):
     text = PARAGRAPH[:17]  # seq_len + 1 characters: one window
-    tokenizer = tokenizers.load(char_run)
-    model, conf = generate.load_model(char_run, runs.find_checkpoint(char_run), tokenizer, torch.device('cpu'))
+    model, conf, tokenizer = runs.load_model(char_run, runs.find_checkpoint(char_run), 'cpu')
     got = evaluate.evaluate(model, tokenizer, text, seq_len=conf.seq_len, stride=8)
     ids = torch.tensor(tokenizer.encode(text))[:, None]
     with torch.no_grad():
@@ -57,6 +56,7 @@ def test_one_window_is_the_model_own_loss(char_run, project):
     assert got['bits_per_byte'] == pytest.approx(expected / math.log(2))
 
 
+@pytest.mark.slow
 def test_evaluate_command(char_run, project):
     (project / 'held_out.txt').write_text(PARAGRAPH * 3, encoding='utf-8')
     out = _evaluate(['--run', char_run.name[:8], '--text', 'held_out.txt', '--json'], project)
@@ -74,13 +74,14 @@ def test_evaluate_command(char_run, project):
     assert text.returncode == 0 and 'bits per byte:' in text.stdout and 'perplexity:' in text.stdout
 
 
+@pytest.mark.slow
 def test_bad_files_are_one_line(char_run, project):
     (project / 'zebra.txt').write_text('Zebra? Zebra!', encoding='utf-8')
     (project / 'latin1.txt').write_bytes('café'.encode('latin-1'))
     (project / 'good.txt').write_text(PARAGRAPH, encoding='utf-8')
-    for args, fragment in [(['--text', 'zebra.txt'], "zebra.txt has characters the run's tokenizer cannot encode: "),
+    for args, fragment in [(['--text', 'zebra.txt'], "zebra.txt has characters that are not in the vocabulary of the run's tokenizer: "),
                            (['--text', 'latin1.txt'], 'latin1.txt is not UTF-8'),
-                           (['--text', 'missing.txt'], 'cannot read missing.txt'),
+                           (['--text', 'missing.txt'], 'missing.txt is missing'),
                            (['--text', 'good.txt', '--stride', '0'], '--stride must be in [1, 16]')]:
         out = _evaluate(['--run', char_run.name, *args], project)
         assert out.returncode == 2 and out.stdout == ''
@@ -100,3 +101,27 @@ def test_bits_per_byte_counts_utf8_bytes_with_bpe(project):
     bits = r['loss'] * r['tokens'] / math.log(2)
     assert r['bits_per_character'] == pytest.approx(bits / r['characters'])
     assert r['bits_per_byte'] == pytest.approx(bits / r['bytes'])
+
+
+def test_evaluate_scores_the_newest_runs_own_validation_split_by_default(char_run, project):
+    out = _evaluate(['--json'], project)
+    assert out.returncode == 0, out.stderr
+    r = json.loads(out.stdout)
+    assert r['run'] == char_run.name and r['text'].startswith('the validation split of')
+    # the last 10% of the corpus, every token of it but the first
+    assert r['tokens'] == len(CORPUS) - int(len(CORPUS) * 0.9) - 1
+    assert 0 < r['loss'] < math.log(len(set(CORPUS)) + 5)
+
+
+def test_damaged_weights_are_one_line_not_a_json_nan(char_run, project):
+    ckpt = runs.find_checkpoint(char_run)
+    state = torch.load(ckpt / 'model.pth', weights_only=True)
+    state = {k: v * float('nan') for k, v in state.items()}
+    torch.save(state, ckpt / 'model.pth')
+    info = json.loads((ckpt / 'info.json').read_text())
+    info['bytes']['model.pth'] = (ckpt / 'model.pth').stat().st_size
+    (ckpt / 'info.json').write_text(json.dumps(info))
+    (project / 'held_out.txt').write_text(PARAGRAPH, encoding='utf-8')
+    out = _evaluate(['--run', char_run.name, '--text', 'held_out.txt', '--json'], project)
+    assert out.returncode == 3 and out.stdout == ''
+    assert out.stderr.startswith('error: the loss on held_out.txt is not finite') and out.stderr.count('\n') == 1

@@ -7,7 +7,8 @@ import sys
 import pytest
 import torch
 
-from gpt_experiment import UserError, generate
+from gpt_experiment import UserError
+from gpt_experiment.generate import run as generate_run
 from gpt_experiment.sampling import KVCache, generate as decode, make_sampler
 from gpt_experiment import train
 
@@ -90,7 +91,7 @@ def trained_run(project):
 
 
 def _generate(argv, capsys):
-    rc = generate.run(argv)
+    rc = generate_run(argv)
     out, err = capsys.readouterr()
     return rc, out, err
 
@@ -119,7 +120,13 @@ BAD_INPUT = [
     (['--run', 'ffff', '--prompt', 'x'], "no run 'ffff'"),
     (['--checkpoint', '7', '--prompt', 'It'], 'no checkpoint at step 7; it has: '),
     (['--prompt', 'Zebra?'], "not in the vocabulary: '?' 'Z'"),
-    (['--prompt', 'It', '--temperature', '-1'], 'temperature must be >= 0'),
+    (['--prompt', 'It', '--temperature', '-1'], '--temperature must be a finite number >= 0, got -1.0'),
+    (['--prompt', 'It', '--temperature', 'nan'], '--temperature must be a finite number >= 0, got nan'),
+    (['--prompt', 'It', '--temperature', 'inf'], '--temperature must be a finite number >= 0, got inf'),
+    # so small that the logits divided by it overflow
+    (['--prompt', 'It', '--temperature', '1e-30'], '--temperature must be 0 (greedy) or at least 0.001'),
+    (['--prompt', 'It', '--seed', str(2 ** 64)], '--seed must be in [0, 2**63)'),
+    (['--prompt', 'It', '--seed', '-1'], '--seed must be in [0, 2**63)'),
     (['--prompt', 'It', '--top-k', '0'], 'top-k must be at least 1'),
     (['--prompt', 'It', '--top-p', '1.5'], 'top-p must be in (0, 1]'),
     (['--prompt', 'It', '--top-p', '0'], 'top-p must be in (0, 1]'),
@@ -173,6 +180,7 @@ def test_generate_bad_input_is_one_line(trained_run, capsys):
             assert all(step in err for step in steps)
 
 
+@pytest.mark.slow
 def test_generate_from_the_command_line_with_bpe(project):
     train({**TINY, 'text': 'corpus.txt', 'epochs': 1, 'inner_iterations': 1, 'sample_tokens': 2,
           'tokenizer': 'bpe', 'bpe_vocab_size': 300}, name='bpe')

@@ -11,7 +11,7 @@ from gpt_experiment import Configs
 from gpt_experiment.checks import parameter_count
 from gpt_experiment.overrides import check_overrides, load_yaml
 from gpt_experiment.runs import project_path
-from gpt_experiment.gpt1 import PostLNTransformerLayer
+from gpt_experiment.model import PostLNTransformerLayer
 from gpt_experiment.optimizer import decay_groups, linear_weights, matrix_weights
 
 from conftest import REPO_ROOT
@@ -47,15 +47,16 @@ def test_defaults_stay_the_labml_recipe(tiny_configs):
 def test_post_ln_layer_normalises_after_each_residual(tiny_configs):
     conf = tiny_configs(**{'transformer.encoder_layer': 'post_ln'})
     layer = conf.model.encoder.layers[0].eval()
-    x = torch.randn(5, 2, 32)
-    mask = torch.ones(5, 5, 1).tril().bool()
+    # inside the GPT, the layer is batch first and its attention causal without a mask
+    assert layer.self_attn.batch_first and layer.self_attn.is_causal
+    x = torch.randn(2, 5, 32)
     with torch.no_grad():
-        a = layer.norm_self_attn(x + layer.self_attn(query=x, key=x, value=x, mask=mask))
+        a = layer.norm_self_attn(x + layer.self_attn(query=x, key=x, value=x, mask=None))
         expected = layer.norm_ff(a + layer.feed_forward(a))
-        out = layer(x=x, mask=mask)
+        out = layer(x=x, mask=None)
     torch.testing.assert_close(out, expected)
     # every position comes out normalised: mean 0, variance 1 over the features
-    torch.testing.assert_close(out.mean(-1), torch.zeros(5, 2), atol=1e-5, rtol=0)
+    torch.testing.assert_close(out.mean(-1), torch.zeros(2, 5), atol=1e-5, rtol=0)
 
 
 def test_tied_embeddings_share_one_trained_matrix(tiny_configs):

@@ -18,7 +18,8 @@ import types
 import pytest
 import torch
 
-import gpt_experiment.checkpoints as checkpoints
+import gpt_experiment.files as files
+import gpt_experiment.trainer as trainer
 from gpt_experiment.main import run
 from gpt_experiment.runs import find_checkpoint
 from gpt_experiment import train
@@ -46,6 +47,7 @@ def _indicators(run_dir):
 
 @pytest.mark.parametrize('sig, status, line', [(signal.SIGINT, 130, 'interrupted'),
                                                (signal.SIGTERM, 143, 'terminated')])
+@pytest.mark.slow
 def test_a_signal_saves_a_checkpoint_after_the_step_and_exits(tmp_path, sig, status, line):
     project = write_project(tmp_path)
     args = [f'{k}={v}' for k, v in ARGS.items()] + ['epochs=1000', 'log_interval=1', 'checkpoint_minutes=0']
@@ -123,7 +125,8 @@ def test_a_checkpoint_every_checkpoint_minutes(project, monkeypatch):
             clock[0] += 60
         return real(*args, **kwargs)
     monkeypatch.setattr(torch.nn.functional, 'cross_entropy', cross_entropy)
-    monkeypatch.setattr(checkpoints, 'time', types.SimpleNamespace(monotonic=lambda: clock[0]))
+    monkeypatch.setattr(trainer, 'time', types.SimpleNamespace(monotonic=lambda: clock[0],
+                                                               perf_counter=time.perf_counter))
 
     train({**ARGS, 'epochs': 1, 'checkpoint_minutes': 3}, name='timed', writers='sqlite')
     steps = checkpoint_steps(run_dirs(project, 'timed')[0])
@@ -134,7 +137,7 @@ def test_a_checkpoint_every_checkpoint_minutes(project, monkeypatch):
 
 
 def test_a_full_disk_is_one_line_and_keeps_the_last_checkpoint(project, monkeypatch, capsys):
-    real = checkpoints.write_durably
+    real = files.write_durably
     saves = []
 
     def write_durably(path, write):
@@ -143,7 +146,7 @@ def test_a_full_disk_is_one_line_and_keeps_the_last_checkpoint(project, monkeypa
             if len(saves) == 2:
                 raise OSError(errno.ENOSPC, 'No space left on device', str(path))
         return real(path, write)
-    monkeypatch.setattr(checkpoints, 'write_durably', write_durably)
+    monkeypatch.setattr(files, 'write_durably', write_durably)
     args = [f'{k}={v}' for k, v in ARGS.items()] + ['epochs=3', '--name', 'full', '--writers', 'sqlite']
     capsys.readouterr()
     assert run(args) == 2
@@ -189,6 +192,7 @@ def test_cache_leftovers_of_gone_writers_are_removed(project, monkeypatch):
     assert sorted(cache.glob('*.tmp')) == sorted([alive, elsewhere])
 
 
+@pytest.mark.slow
 def test_a_full_disk_under_the_tracker_is_one_line(project, monkeypatch, capsys):
     # labml's sqlite writer, made to fail as it does on a full disk
     from labml.internal.tracker.writers import sqlite as labml_sqlite
@@ -205,3 +209,79 @@ def test_a_full_disk_under_the_tracker_is_one_line(project, monkeypatch, capsys)
     assert run(args) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err == ["error: cannot write the run's sqlite.db: database or disk is full"]
+
+
+def _wait_for(condition, proc, seconds=120):
+    deadline = time.time() + seconds
+    while time.time() < deadline and proc.poll() is None and not condition():
+        time.sleep(0.05)
+    assert proc.poll() is None, proc.stderr.read()[-2000:]
+    assert condition()
+
+
+@pytest.mark.slow
+def test_sigterm_during_validation_saves_and_exits_143_within_seconds(tmp_path):
+    """
+    A validation split long enough to validate for a minute: SIGTERM during it (what `docker
+    stop` sends, before its SIGKILL ten seconds later) stops at the next validation batch.
+    """
+    project = write_project(tmp_path)
+    from conftest import CORPUS
+    (project / 'valid.txt').write_text(CORPUS * 300, encoding='utf-8')
+    args = [f'{k}={v}' for k, v in ARGS.items()] + ['valid_text=valid.txt', 'epochs=3', 'log_interval=1000']
+    proc = subprocess.Popen([sys.executable, '-m', 'gpt_experiment.main', *args, '--name', 'valid'], cwd=project,
+                            env={**os.environ, 'PYTHONPATH': str(REPO_ROOT), 'OMP_NUM_THREADS': '1'},
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        # the first stretch (the whole epoch) is reported when its training ends; validation starts
+        _wait_for(lambda: run_dirs(project, 'valid') and _trained_steps(run_dirs(project, 'valid')[0]) >= 1, proc)
+        time.sleep(1)
+        sent = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        _, stderr = proc.communicate(timeout=30)
+        took = time.monotonic() - sent
+    finally:
+        proc.kill()
+    assert proc.returncode == 143 and stderr.strip().splitlines()[-1] == 'terminated', stderr[-2000:]
+    assert took < 5, took
+    (run_dir,) = run_dirs(project, 'valid')
+    # the checkpoint of where it stood: the epoch trained, its validation still to do
+    (step,) = checkpoint_steps(run_dir)
+    state = torch.load(run_dir / 'checkpoints' / str(step) / 'training.pth', weights_only=True)
+    assert state['position']['phase'] == 'valid' and state['position']['epoch'] == 0
+    assert not read_scalars(run_dir, 'loss.valid')
+
+
+@pytest.mark.slow
+def test_kill_9_after_a_timed_checkpoint_resumes_exactly(tmp_path, monkeypatch):
+    project = write_project(tmp_path)
+    args = {**ARGS, 'transformer.dropout': 0.1, 'epochs': 2, 'seed': 3, 'inner_iterations': 2}
+    cli = [f'{k}={v}' for k, v in args.items()]
+    # a checkpoint every few steps (about 30 ms)
+    proc = subprocess.Popen([sys.executable, '-m', 'gpt_experiment.main', *cli, 'checkpoint_minutes=0.0005',
+                             '--name', 'killed', '--writers', 'sqlite'], cwd=project,
+                            env={**os.environ, 'PYTHONPATH': str(REPO_ROOT), 'OMP_NUM_THREADS': '1'},
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    epoch = 33 * 8 * 16
+    try:
+        _wait_for(lambda: run_dirs(project, 'killed') and any(
+            epoch < s < 2 * epoch - 800 for s in checkpoint_steps(run_dirs(project, 'killed')[0])), proc)
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+    finally:
+        proc.kill()
+    (run_dir,) = run_dirs(project, 'killed')
+    # the newest checkpoint is a timed one in the second epoch, not at an end of an epoch
+    assert checkpoint_steps(run_dir)[-1] % epoch
+
+    # the same threads as the killed process, so that the arithmetic is the same
+    monkeypatch.chdir(project)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        resumed = train({}, resume=run_dir.name, writers='sqlite')
+        straight = train(dict(args), name='straight', writers='sqlite')
+    finally:
+        torch.set_num_threads(threads)
+    a, b = resumed.model.state_dict(), straight.model.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)

@@ -8,8 +8,7 @@ import math
 import pytest
 import torch
 
-from gpt_experiment import metrics
-from gpt_experiment import train
+from gpt_experiment import train, trainer
 
 from conftest import TINY, read_scalars, run_dirs
 
@@ -33,32 +32,38 @@ def test_every_training_report_tracks_lr_grad_norm_and_throughput(project):
 
 def test_grad_norm_is_the_norm_before_clipping(tiny_configs):
     conf = tiny_configs(epochs=1)
-    model, optimizer = conf.model, conf.optimizer
-    data, target = next(iter(conf.train_loader))
-    loss = conf.loss_func(model(data)[0], target)
-    # a large loss, so that clipping (at grad_norm_clip = 1) cuts the gradients
-    (loss * 1000).backward()
-    expected = torch.nn.utils.get_total_norm([p.grad for p in model.parameters() if p.grad is not None])
-    m = metrics.StepMetrics()
-    m.add(0, loss, model(data)[0], target)
-    from gpt_experiment.optimizer import clip_grad_norm_
-    m.add_grad_norm(clip_grad_norm_(optimizer, model.parameters(), max_norm=conf.grad_norm_clip))
-    reported = m.report(torch.device('cpu'), 'training')
-    assert expected > conf.grad_norm_clip * 10
-    assert reported['grad_norm'] == pytest.approx(expected.item(), rel=1e-5)
+    model = conf.model
+    data, target, _ = next(conf.train_loader.epoch(0))
+    # the step's own gradients, before it clips them (at grad_norm_clip = 1)
+    norms = []
+    real = torch.nn.utils.clip_grad_norm_
+
+    def spy(parameters, max_norm, **kwargs):
+        parameters = list(parameters)
+        norms.append(torch.nn.utils.get_total_norm([p.grad for p in parameters if p.grad is not None]).item())
+        return real(parameters, max_norm, **kwargs)
+    real_loss = torch.nn.functional.cross_entropy
+    with pytest.MonkeyPatch.context() as m:
+        m.setattr(torch.nn.utils, 'clip_grad_norm_', spy)
+        # a large loss, so that clipping cuts the gradients
+        m.setattr(torch.nn.functional, 'cross_entropy', lambda *a, **k: real_loss(*a, **k) * 1000)
+        conf.train_step(data, target)
+    reported = conf._metrics.report(torch.device('cpu'), 'train')
+    assert norms[0] > conf.grad_norm_clip * 10
+    assert reported['grad_norm'] == pytest.approx(norms[0], rel=1e-5)
     assert reported['tokens_per_second'] > 0
 
 
 def test_valid_batches_are_random_and_the_last_validation_is_whole(project, monkeypatch):
     sizes = []
-    report = metrics.StepMetrics.report
+    report = trainer.StepMetrics.report
 
     def spy(self, device, split):
-        if split == 'validation':
+        if split == 'valid':
             sizes.append(self.steps)
         return report(self, device, split)
 
-    monkeypatch.setattr(metrics.StepMetrics, 'report', spy)
+    monkeypatch.setattr(trainer.StepMetrics, 'report', spy)
     conf = train({**TINY, 'text': 'corpus.txt', 'epochs': 2, 'inner_iterations': 3, 'valid_batches': 2,
                  'sample_tokens': 2}, name='valid', writers='sqlite')
     whole = len(conf.valid_loader)

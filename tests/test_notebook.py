@@ -4,12 +4,16 @@ corpus and a tiny model: its parameters cell is followed by one that overrides t
 papermill injects parameters. Any cell error fails the test.
 """
 
+import pytest
 import os
 
 import nbformat
 from nbclient import NotebookClient
 
 from conftest import REPO_ROOT, TINY, run_dirs
+
+# A Jupyter kernel runs the whole notebook.
+pytestmark = pytest.mark.slow
 
 NOTEBOOK = REPO_ROOT / 'notebooks' / 'experiment.ipynb'
 

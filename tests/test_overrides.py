@@ -18,9 +18,9 @@ def test_config_keys_include_nested_configs(keys):
                 'transformer.n_layers', 'transformer.d_model', 'transformer.ffn.d_ff',
                 'optimizer.learning_rate', 'optimizer.betas'):
         assert key in keys, key
-    assert keys['transformer.n_layers'].type is int
+    assert keys['transformer.n_layers'].kind == 'int'
     assert keys['transformer.n_layers'].default == 6
-    assert keys['learning_rate'].type is float
+    assert keys['learning_rate'].kind == 'float'
     assert keys['learning_rate'].default == pytest.approx(6e-4)
     assert keys['tokenizer'].default == 'character'
     assert 'character' in keys['tokenizer'].options
@@ -164,7 +164,14 @@ def test_repository_presets_parse(keys, tmp_path):
 
 
 def test_describe_shows_the_given_values_over_the_defaults():
-    lines = {line.split()[0]: line for line in describe(Configs, {'batch_size': 16}).splitlines() if line[2] != ' '}
+    lines = {line.split()[0]: line for line in describe({'batch_size': 16}).splitlines() if line[2] != ' '}
     assert lines['batch_size'].split()[1:] == ['int', '16']
     assert lines['transformer.n_layers'].split()[1:] == ['int', '6']
     assert 'learned_pos' in lines['transformer.src_embed']
+
+
+def test_the_key_table_is_what_configs_declares():
+    """`--help` and the command line read `keys.json`; it must say what `Configs` says."""
+    from gpt_experiment.overrides import key_table, keys_of_configs
+    assert key_table() == keys_of_configs(), \
+        'keys.json is stale: python -c "from gpt_experiment import overrides; overrides.write_key_table()"'

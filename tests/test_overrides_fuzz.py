@@ -5,6 +5,7 @@ traceback. Training itself is replaced by a stub, so that accepted input costs n
 random values for every key go through every check that runs before a run starts.
 """
 
+import pytest
 import contextlib
 import io
 
@@ -12,13 +13,16 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 from labml import experiment
 
 from gpt_experiment import Configs, UserError
-from gpt_experiment import main as cli_main
+from gpt_experiment import main as cli_main, training
 from gpt_experiment.checks import parameter_count
 from gpt_experiment.overrides import check_overrides, config_keys
 from gpt_experiment.runs import project_path
 from gpt_experiment.training import compute_ahead, configure
 
 from conftest import TINY
+
+# Hundreds of examples: a minute and a half.
+pytestmark = pytest.mark.slow
 
 KEYS = sorted(config_keys(Configs))
 
@@ -52,7 +56,7 @@ def test_command_line_accepts_or_refuses_in_one_line(argv):
         # what training.train does first with the overrides
         calls.append(check_overrides(Configs, overrides))
 
-    original, cli_main.train = cli_main.train, train
+    original, training.train = training.train, train
     out, err = io.StringIO(), io.StringIO()
     try:
         with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
@@ -62,7 +66,7 @@ def test_command_line_accepts_or_refuses_in_one_line(argv):
                 status = e.code
                 assert status == 0 and 'config keys' in out.getvalue()
     finally:
-        cli_main.train = original
+        training.train = original
     assert 'Traceback' not in out.getvalue() + err.getvalue()
     if status == 0:
         assert err.getvalue() == ''
@@ -90,7 +94,7 @@ def test_every_value_is_accepted_or_refused_in_one_line(project, key, value):
     """
     experiment.create(name='fuzz', python_file=project_path(), writers=set())
     try:
-        conf = configure({**TINY, 'text': 'corpus.txt', 'inner_iterations': 1, key: value})
+        conf = configure(check_overrides(Configs, {**TINY, 'text': 'corpus.txt', 'inner_iterations': 1, key: value}))
     except UserError as e:
         assert str(e) and '\n' not in str(e)
         return

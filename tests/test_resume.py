@@ -4,29 +4,30 @@ checkpoint killed mid-write is never picked, a non-finite loss stops the run bef
 is saved, and a truncated checkpoint is one line of error.
 """
 
-import json
 import os
 import shutil
 import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 import torch
 import yaml
 
 from gpt_experiment.runs import find_checkpoint
-from gpt_experiment.metrics import LossNotFinite
 from gpt_experiment.main import run
 from gpt_experiment import train
 
 from conftest import REPO_ROOT, TINY, checkpoint_steps, read_scalars, run_dirs, write_project
 
-# Dropout on, so that resuming must restore the random generators too; a cosine schedule
-# pinned to 200 steps, so that a 1-epoch run and a 2-epoch run share the same schedule.
-RESUME = {**TINY, 'text': 'corpus.txt', 'transformer.dropout': 0.1, 'inner_iterations': 2, 'sample_tokens': 2,
-          'learning_rate': 3e-3, 'warmup_steps': 1024, 'optimizer.total_steps': 200, 'seed': 7}
+# Dropout on, so that resuming must restore the random generators too; every step reports its
+# learning rate; two stretches an epoch, each with its sample and validation. An epoch of the
+# test corpus is 33 steps of 8 windows of 16 tokens.
+RESUME = {**TINY, 'text': 'corpus.txt', 'transformer.dropout': 0.1, 'inner_iterations': 2, 'sample_tokens': 3,
+          'learning_rate': 3e-3, 'warmup_steps': 1024, 'seed': 7, 'epochs': 2, 'log_interval': 1}
+STEPS_PER_EPOCH = 33
 
 
 def _params(conf):
@@ -37,40 +38,109 @@ def _curve(run_dir, indicator='loss.train'):
     return read_scalars(run_dir, indicator)
 
 
-def test_resume_repeats_the_straight_run(project):
-    straight = train({**RESUME, 'epochs': 2}, name='straight')
-    first = train({**RESUME, 'epochs': 1}, name='resumed')
-    (parent,) = run_dirs(project, 'resumed')
-    step = checkpoint_steps(parent)[-1]
+class StopAt:
+    """
+    Send this process SIGINT (or `sig`) at one moment of a run: during training step `n`
+    (`'step'`), validation batch `n` (`'valid'`), or the first token of sample `n` (`'sample'`),
+    counted from the start of the run. The run stops there as it would on a Ctrl-C.
+    """
 
-    # the resumed run only names the run; epochs=2 is applied over the parent's configs
-    resumed = train({'epochs': 2}, resume=parent.name)
-    children = [r for r in run_dirs(project, 'resumed') if r != parent]
-    assert len(children) == 1
-    child = children[0]
-    assert yaml.safe_load((child / 'run.yaml').read_text())['load_run'] == parent.name
-    # the parent is not written to, and its checkpoint is not copied into the child
-    assert checkpoint_steps(parent) == [step]
-    assert step not in checkpoint_steps(child)
+    def __init__(self, monkeypatch, kind: str, n: int, sig=signal.SIGINT):
+        from gpt_experiment import sampling
+        self.kind, self.n, self.sig, self.counts = kind, n, sig, {'step': 0, 'valid': 0, 'sample': 0}
+        real_loss, real_sample = torch.nn.functional.cross_entropy, sampling.greedy_continuation
 
-    a, b = _params(straight), _params(resumed)
-    assert a.keys() == b.keys()
-    for k in a:
-        assert torch.allclose(a[k], b[k], atol=1e-6, rtol=0), k
-    # and not trivially: the first half differs from the end
-    assert not all(torch.allclose(a[k], v, atol=1e-6) for k, v in _params(first).items())
+        def cross_entropy(*args, **kwargs):
+            self.tick('step' if torch.is_grad_enabled() else 'valid')
+            return real_loss(*args, **kwargs)
 
-    (straight_dir,) = run_dirs(project, 'straight')
-    for indicator in ('loss.train', 'loss.valid'):
-        whole = _curve(straight_dir, indicator)
-        joined = _curve(parent, indicator) + _curve(child, indicator)
-        assert [s for s, _ in whole] == [s for s, _ in joined]
-        assert [v for _, v in whole] == pytest.approx([v for _, v in joined], abs=1e-6)
-    # labml's global step continues from the checkpoint's
-    assert min(s for s, _ in _curve(child)) > step
-    assert checkpoint_steps(child)[-1] == checkpoint_steps(straight_dir)[-1]
+        def greedy_continuation(*args, **kwargs):
+            self.tick('sample')
+            yield from real_sample(*args, **kwargs)
+        monkeypatch.setattr(torch.nn.functional, 'cross_entropy', cross_entropy)
+        monkeypatch.setattr(sampling, 'greedy_continuation', greedy_continuation)
+
+    def tick(self, kind):
+        self.counts[kind] += 1
+        if kind == self.kind and self.counts[kind] == self.n:
+            os.kill(os.getpid(), self.sig)
 
 
+def _train_until_stopped(monkeypatch, overrides, stop, **kwargs):
+    """A run (or a resume) that is stopped by `stop = (kind, n)`; its folder."""
+    before = set(run_dirs(Path.cwd(), 'chain'))
+    with monkeypatch.context() as m:
+        StopAt(m, *stop)
+        with pytest.raises(KeyboardInterrupt):
+            train(overrides, name='chain', writers='sqlite', **kwargs)
+    (new,) = set(run_dirs(Path.cwd(), 'chain')) - before
+    return new
+
+
+def _chain(monkeypatch, stops, overrides=None):
+    """A run stopped at each of `stops` in turn, each stop resumed; the run folders and the last configs."""
+    overrides = {**RESUME, **(overrides or {})}
+    folders = [_train_until_stopped(monkeypatch, overrides, stops[0])]
+    for stop in stops[1:]:
+        folders.append(_train_until_stopped(monkeypatch, {}, stop, resume=folders[-1].name))
+    conf = train({}, resume=folders[-1].name, writers='sqlite')
+    return folders + [newest_run(Path.cwd(), 'chain')], conf
+
+
+@pytest.fixture
+def straight(project):
+    """The run without stops: its folder and its final weights."""
+    conf = train(dict(RESUME), name='straight', writers='sqlite')
+    return run_dirs(project, 'straight')[0], _params(conf)
+
+
+# Stops in every phase: mid-stretch, at the last step of an epoch, during a validation, during
+# a sample mid-epoch, during the first sample after an epoch's end (its checkpoint saved), and
+# two stops in a row.
+STOPS = {
+    'mid-stretch': [('step', 5)],
+    'last step of the epoch': [('step', STEPS_PER_EPOCH)],
+    'validation': [('valid', 3)],
+    'sample mid-epoch': [('sample', 2)],
+    'sample after the epoch end': [('sample', 3)],
+    'two stops': [('step', 20), ('valid', 2)],
+}
+SLOW = pytest.mark.slow
+
+
+@pytest.mark.parametrize('stops', [pytest.param(stops, id=name, marks=() if name == 'two stops' else SLOW)
+                                   for name, stops in STOPS.items()])
+def test_a_run_stopped_anywhere_resumes_exactly(project, monkeypatch, straight, stops):
+    straight_dir, straight_params = straight
+    folders, resumed = _chain(monkeypatch, stops)
+    # every resumed run names its parent, and the parent is never written to after it stopped
+    for parent, child in zip(folders, folders[1:]):
+        assert yaml.safe_load((child / 'run.yaml').read_text())['load_run'] == parent.name
+        assert min(s for s, _ in _curve(child, 'lr')) > max(checkpoint_steps(parent))
+
+    # the same tokens: every optimizer step of the straight run once, and the same learning rate at each
+    lr = [sv for run in folders for sv in _curve(run, 'lr')]
+    assert lr == _curve(straight_dir, 'lr')
+    # the same validations, whether or not one was cut short by the stop
+    assert [sv for run in folders for sv in _curve(run, 'loss.valid')] == _curve(straight_dir, 'loss.valid')
+    # and bit-identical weights
+    final = _params(resumed)
+    assert final.keys() == straight_params.keys()
+    for k in final:
+        assert torch.equal(final[k], straight_params[k]), k
+    assert checkpoint_steps(folders[-1])[-1] == checkpoint_steps(straight_dir)[-1]
+
+
+def test_a_stop_saves_where_it_stands_and_the_checkpoint_says_so(project, monkeypatch):
+    run_dir = _train_until_stopped(monkeypatch, dict(RESUME), ('valid', 2))
+    (step,) = checkpoint_steps(run_dir)
+    state = torch.load(run_dir / 'checkpoints' / str(step) / 'training.pth', weights_only=True)
+    # the first stretch's 16 steps are trained; its validation comes next
+    assert state['position'] == {'epoch': 0, 'window': 16 * 8, 'phase': 'valid', 'tokens': step}
+    assert step == 16 * 8 * 16
+
+
+@pytest.mark.slow
 def test_same_seed_same_first_50_losses(project):
     # batches of 4: 65 steps in the one epoch
     args = {**RESUME, 'batch_size': 4, 'epochs': 1, 'log_interval': 1, 'is_save_models': False}
@@ -143,6 +213,7 @@ def _env():
     return env
 
 
+@pytest.mark.slow
 def test_kill_9_mid_checkpoint_leaves_the_previous_one(tmp_path, monkeypatch):
     project = write_project(tmp_path / 'project')
     (project / 'killed.py').write_text(KILLED_MID_WRITE, encoding='utf-8')
@@ -184,8 +255,10 @@ BAD_RESUMES = [
     (['--checkpoint', '5'], ['--checkpoint needs --resume']),
     (['--resume', '{run}', '--checkpoint', '7'], ['no checkpoint at step 7']),
     (['--resume', '{run}', '--checkpoint', 'x'], ["argument --checkpoint: invalid int value: 'x'"]),
-    (['--resume', '{truncated}'], ['model.pth is not a loadable checkpoint file', 'no complete checkpoint before it']),
+    (['--resume', '{truncated}'], ['model.pth is truncated', 'no complete checkpoint before it']),
     (['--resume', '{run}', 'epochs=1'], ['has done 1 of epochs=1']),
+    (['--resume', '{run}', 'transformer.n_layers=2'], ['transformer.n_layers=2 contradicts run',
+                                                       'a resumed run keeps its model']),
 ]
 
 
@@ -207,39 +280,57 @@ def test_bad_resume_is_one_line(project, capsys):
         assert len(err) == 1 and err[0].startswith('error: '), (extra, err)
         for fragment in fragments:
             assert fragment in err[0], (extra, err)
-        if 'epochs=1' not in extra:
-            # refused before a run folder is written
-            assert sorted(p.name for p in parent.parent.iterdir()) == before, extra
+        # refused before a run folder is written
+        assert sorted(p.name for p in parent.parent.iterdir()) == before, extra
 
 
 SCHEDULE = {**TINY, 'text': 'corpus.txt', 'inner_iterations': 1, 'sample_tokens': 2, 'learning_rate': 3e-3,
-            'warmup_steps': 8 * 16 * 10, 'is_save_models': True}
+            'warmup_steps': 8 * 16 * 10, 'is_save_models': True, 'log_interval': 1}
+FLOOR = 3e-3 / 10
 
 
-def test_resume_overrides_win_and_the_schedule_is_the_resumed_runs(project):
-    # every training step reports its learning rate, by global step (tokens)
-    args = {**SCHEDULE, 'log_interval': 1}
-    train({**args, 'epochs': 2}, name='straight', writers='sqlite')
-    straight = dict(read_scalars(run_dirs(project, 'straight')[0], 'lr'))
-    train({**args, 'epochs': 1}, name='parent', writers='sqlite')
-    (parent,) = run_dirs(project, 'parent')
-    last = max(dict(read_scalars(parent, 'lr')))
+def _lr(run_dir):
+    return read_scalars(run_dir, 'lr')
 
-    # epochs=2 trains longer on the schedule of a straight 2-epoch run: the cosine is not the
-    # parent's 1-epoch one, whose learning rate would have climbed back up
+
+@pytest.mark.slow
+def test_more_epochs_or_another_batch_on_resume_keep_the_lr_continuous(project, monkeypatch):
+    # stopped at the 40th of 66 steps, in the cosine
+    parent = _train_until_stopped(monkeypatch, {**SCHEDULE, 'epochs': 2}, ('step', 40))
+    before = [lr for _, lr in _lr(parent)]
+    largest_change = max(abs(a - b) for a, b in zip(before[20:], before[21:]))
+
+    for extra in ({'epochs': 3}, {'batch_size': 4}, {'seq_len': 12}, {'epochs': 3, 'batch_size': 16}):
+        train(dict(extra), resume=parent.name, name='resumed', writers='sqlite')
+        child = newest_run(project, 'resumed')
+        after = [lr for _, lr in _lr(child)]
+        # from where the parent stood, no jump at the resume point, down to the floor at the new last step
+        assert abs(after[0] - before[-1]) <= 1.5 * largest_change, extra
+        assert all(a >= b for a, b in zip(after, after[1:])), extra
+        assert after[-1] == pytest.approx(FLOOR, rel=1e-9) and after[0] > FLOOR, extra
+        if 'epochs' not in extra:
+            # the same tokens as the parent's two epochs would have trained
+            assert checkpoint_steps(child)[-1] == pytest.approx(2 * 33 * 8 * 16, rel=0.03), extra
+
+
+def test_a_finished_schedule_stays_at_its_floor_when_resumed_for_more(project):
+    train({**SCHEDULE, 'epochs': 1}, name='done', writers='sqlite')
+    (parent,) = run_dirs(project, 'done')
     train({'epochs': 2}, resume=parent.name, writers='sqlite')
-    child = newest_run(project, 'parent')
-    resumed = dict(read_scalars(child, 'lr'))
-    assert min(resumed) > last and sorted(resumed) == [s for s in sorted(straight) if s > last]
-    for step, lr in resumed.items():
-        assert lr == pytest.approx(straight[step], rel=1e-12), step
+    child = newest_run(project, 'done')
+    # labml_nn's cosine, unclamped, would climb back up from its floor
+    assert [lr for _, lr in _lr(child)] == pytest.approx([FLOOR] * len(_lr(child)), rel=1e-9)
 
-    # the learning rate and the warm-up given to --resume win over the optimizer's saved state:
-    # the parent's warm-up (10 steps, to 3e-3) is over, the new one (100 steps, to 1e-2) is not
-    train({'epochs': 2, 'learning_rate': 1e-2, 'warmup_steps': 8 * 16 * 100}, resume=parent.name, writers='sqlite')
-    child = newest_run(project, 'parent')
-    rates = [lr for _, lr in read_scalars(child, 'lr')]
-    assert all(a < b for a, b in zip(rates, rates[1:])) and 3e-3 < rates[0] and rates[-1] < 1e-2
+
+def test_the_learning_rate_and_warmup_given_to_resume_win(project, monkeypatch):
+    parent = _train_until_stopped(monkeypatch, {**SCHEDULE, 'epochs': 2}, ('step', 20))
+    # the parent's warm-up (10 steps, to 3e-3) is over; the new one (100 steps, to 1e-2) is not
+    train({'learning_rate': 1e-2, 'warmup_steps': 8 * 16 * 100}, resume=parent.name, writers='sqlite')
+    child = newest_run(project, 'chain')
+    rates = [lr for _, lr in _lr(child)]
+    assert all(a < b for a, b in zip(rates, rates[1:])) and rates[-1] < 1e-2
+    # the new warm-up, at the tokens the run stands at
+    assert rates[0] == pytest.approx(1e-8 + 1e-2 * 21 * 128 / (128 * 100), rel=1e-9)
     assert yaml.safe_load((child / 'configs.yaml').read_text())['learning_rate']['value'] == 1e-2
 
 
@@ -247,6 +338,7 @@ def newest_run(project, name):
     return max(run_dirs(project, name), key=lambda r: r.stat().st_mtime)
 
 
+@pytest.mark.slow
 def test_resume_keeps_the_runs_tokenizer(project, capsys):
     train({**SCHEDULE, 'epochs': 1}, name='chars')
     (parent,) = run_dirs(project, 'chars')
@@ -271,8 +363,8 @@ def test_resume_keeps_the_runs_tokenizer(project, capsys):
 
     # what cannot change on resume is refused in one line: the tokenizer, the model's shape
     corpus.write_text(text)
-    for extra, fragment in ((['tokenizer=bpe'], 'tokenizer cannot change when resuming'),
-                            (['transformer.d_model=64'], 'does not fit this run')):
+    for extra, fragment in ((['tokenizer=bpe'], 'tokenizer=bpe contradicts run'),
+                            (['transformer.d_model=64'], 'transformer.d_model=64 contradicts run')):
         capsys.readouterr()
         assert run(['--resume', parent.name, 'epochs=2', *extra]) == 2
         err = capsys.readouterr().err.strip().splitlines()

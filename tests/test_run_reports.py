@@ -1,6 +1,5 @@
 """
-Other places to look at a run: the summary printed when it ends, `python -m
-gpt_experiment.runs`, and TensorBoard event files (`--writers ...,tensorboard`).
+Other places to look at a run: the summary printed when it ends, `gpt-runs`, and TensorBoard event files (`--writers ...,tensorboard`).
 """
 
 import os
@@ -11,6 +10,7 @@ import sys
 import pytest
 
 from gpt_experiment import train
+from gpt_experiment.reports import main as gpt_runs
 
 from conftest import REPO_ROOT, TINY, checkpoint_steps, read_scalars, run_cli, run_dirs, write_project
 
@@ -36,7 +36,7 @@ def test_summary_and_runs_listing(project, capsys):
 
     # The runs listing, from the project folder.
     env = dict(os.environ, PYTHONPATH=str(REPO_ROOT))
-    listing = subprocess.run([sys.executable, '-m', 'gpt_experiment.runs'], cwd=project, env=env,
+    listing = subprocess.run([sys.executable, '-m', 'gpt_experiment.reports'], cwd=project, env=env,
                              capture_output=True, text=True, timeout=60)
     assert listing.returncode == 0, listing.stderr
     header, *rows = listing.stdout.splitlines()
@@ -51,6 +51,7 @@ def test_summary_and_runs_listing(project, capsys):
     assert row[9] == ', '.join(str(s) for s in checkpoint_steps(run))
 
 
+@pytest.mark.slow
 def test_tensorboard_writer_writes_events_tensorboard_reads(project):
     pytest.importorskip('tensorboard', reason='TensorBoard is an optional extra: pip install "gpt-experiment[tensorboard]"')
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
@@ -80,14 +81,32 @@ def test_tensorboard_writer_writes_events_tensorboard_reads(project):
     assert values['text'].string_value == 'file' and values['text_file'].string_value == 'corpus.txt'
 
 
-def test_runs_listing_outside_a_project_is_one_line(tmp_path):
+def test_outside_a_labml_project_runs_are_in_logs_of_the_current_folder(tmp_path):
     env = dict(os.environ, PYTHONPATH=str(REPO_ROOT))
-    result = subprocess.run([sys.executable, '-m', 'gpt_experiment.runs'], cwd=tmp_path, env=env,
+    result = subprocess.run([sys.executable, '-m', 'gpt_experiment.reports'], cwd=tmp_path, env=env,
                             capture_output=True, text=True, timeout=60)
-    assert result.returncode == 2
-    assert result.stderr.strip().splitlines() == ['error: not inside a labml project: no .labml.yaml here or in a parent folder']
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == f'no runs under {tmp_path.resolve() / "logs"}'
 
 
+@pytest.mark.parametrize('content, fragment', [
+    ('experiments_path: [1, 2]\n', 'experiments_path must be a folder name'),
+    ('no_such_setting: 1\n', "unknown labml setting 'no_such_setting'"),
+    ('- a list\n', 'is not a mapping of labml settings'),
+    ('key: [unclosed\n', 'is not valid YAML'),
+])
+def test_a_damaged_labml_yaml_is_one_line(tmp_path, monkeypatch, capsys, content, fragment):
+    from gpt_experiment.main import run as gpt_train
+    (tmp_path / '.labml.yaml').write_text(content)
+    monkeypatch.chdir(tmp_path)
+    for command, argv in ((gpt_runs, []), (gpt_train, ['epochs=1'])):
+        capsys.readouterr()
+        assert command(argv) == 2
+        lines = capsys.readouterr().err.strip().splitlines()
+        assert len(lines) == 1 and fragment in lines[0], lines
+
+
+@pytest.mark.slow
 def test_unknown_writer_is_one_line(tmp_path):
     project = write_project(tmp_path / 'project')
     result = run_cli(['text=corpus.txt', '--writers', 'screen,tensorbord'], cwd=project)
@@ -97,6 +116,7 @@ def test_unknown_writer_is_one_line(tmp_path):
     assert run_dirs(project, 'gpt') == []
 
 
+@pytest.mark.slow
 def test_runs_shows_status_duration_parent_tokens_and_best_loss(project, monkeypatch, capsys):
     import shutil
     import signal as signals
@@ -154,7 +174,7 @@ def test_runs_shows_status_duration_parent_tokens_and_best_loss(project, monkeyp
     assert all(r.seconds is not None and r.seconds >= 0 for r in listed.values()), [(r.path.name, r.status, r.seconds) for r in listed.values()]
     # and the listing shows it
     capsys.readouterr()
-    assert runs.main([]) == 0
+    assert gpt_runs([]) == 0
     out = capsys.readouterr().out
     rows = {line.split()[0]: line.split() for line in out.splitlines()[1:]}
     assert child.name in rows, out

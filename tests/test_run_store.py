@@ -12,9 +12,12 @@ import sys
 import pytest
 import torch
 
-from gpt_experiment import UserError, generate, runs
-from gpt_experiment.checkpoints import load_tensors, load_yaml
+from gpt_experiment import UserError, runs
+from gpt_experiment.checkpoints import load_tensors
+from gpt_experiment.generate import run as generate_run
 from gpt_experiment.main import run as main_run
+from gpt_experiment.reports import main as runs_main
+from gpt_experiment.runs import load_yaml
 from gpt_experiment import train
 
 from conftest import REPO_ROOT, TINY, run_dirs
@@ -59,7 +62,7 @@ def test_find_run_by_uuid_or_unique_prefix(tmp_path):
 @pytest.mark.parametrize('index, why', [
     ({}, 'info.json names no files'),
     ({'training': 'training.pth'}, 'info.json names no model'),
-    ({'model': 'gone.pth'}, 'gone.pth is missing'),
+    ({'model': 'gone.pth'}, 'gone.pth is missing or not a regular file'),
     ({'model': '/etc/passwd'}, "info.json names a file outside the checkpoint: '/etc/passwd'"),
     ({'model': '../200/model.pth'}, "info.json names a file outside the checkpoint: '../200/model.pth'"),
     (None, 'info.json is missing or damaged'),
@@ -127,12 +130,17 @@ def _env(**extra):
     return dict(os.environ, PYTHONPATH=str(REPO_ROOT), OMP_NUM_THREADS='1', **extra)
 
 
+@pytest.mark.slow
 def test_generate_never_runs_code_from_a_run_folder(trained, project):
     marker = project / 'pwned'
-    ckpt = runs.find_checkpoint(trained)
-    torch.save({'w': Payload(marker)}, ckpt / 'model.pth')
     evil_configs = _copy(trained, 'yaml')
     (evil_configs / 'configs.yaml').write_text(f'x: !!python/object/apply:os.system ["touch {marker}"]\n')
+    ckpt = runs.find_checkpoint(trained)
+    torch.save({'w': Payload(marker)}, ckpt / 'model.pth')
+    # with the size the index records, so that the checkpoint is complete and the file is read
+    info = json.loads((ckpt / 'info.json').read_text())
+    info['bytes']['model.pth'] = (ckpt / 'model.pth').stat().st_size
+    (ckpt / 'info.json').write_text(json.dumps(info))
     for run, file in ((trained, 'model.pth'), (evil_configs, 'configs.yaml')):
         result = subprocess.run([sys.executable, '-m', 'gpt_experiment.generate', '--run', run.name,
                                  '--prompt', 'It is'], cwd=project, capture_output=True, text=True, timeout=120,
@@ -171,11 +179,11 @@ def test_a_damaged_file_is_one_line_naming_it_in_every_command(trained, project,
         for command in commands:
             capsys.readouterr()
             if command == 'generate':
-                rc = generate.run(['--run', run.name, '--prompt', 'It is', '--max-new-tokens', '2'])
+                rc = generate_run(['--run', run.name, '--prompt', 'It is', '--max-new-tokens', '2'])
             elif command == 'resume':
                 rc = main_run(['--resume', run.name, 'epochs=2'])
             else:
-                rc = runs.main([])
+                rc = runs_main([])
             err = capsys.readouterr().err.strip().splitlines()
             assert len(err) == 1 and file in err[0], (file, command, err)
             if command == 'runs':
@@ -185,7 +193,7 @@ def test_a_damaged_file_is_one_line_naming_it_in_every_command(trained, project,
                 assert rc == 2 and err[0].startswith('error: '), (file, command, err)
         shutil.rmtree(run)
     capsys.readouterr()
-    assert runs.main([]) == 0
+    assert runs_main([]) == 0
     out = capsys.readouterr().out
     assert good.name in out and trained.name in out
 
@@ -193,7 +201,7 @@ def test_a_damaged_file_is_one_line_naming_it_in_every_command(trained, project,
 def test_resume_and_generate_take_the_same_prefix_and_checkpoint(trained, project, capsys):
     prefix = trained.name[:10]
     step = runs.checkpoint_steps(trained)[-1]
-    rc = generate.run(['--run', prefix, '--prompt', 'It is', '--max-new-tokens', '2'])
+    rc = generate_run(['--run', prefix, '--prompt', 'It is', '--max-new-tokens', '2'])
     assert rc == 0, capsys.readouterr().err
     conf = train({'epochs': 2}, resume=prefix)
     child = [r for r in run_dirs(project, 'store') if r != trained][0]

@@ -32,8 +32,8 @@ def test_prompt_longer_than_seq_len_is_cropped(tiny_configs):
         model(ids.unsqueeze(-1))
 
     model.train()
-    out = greedy_continuation(model, conf.text, prompt, n_tokens=6, seq_len=conf.seq_len, separator='',
-                              device=torch.device('cpu'))
+    out = list(greedy_continuation(model, conf.text.tokenizer, prompt, n_tokens=6, seq_len=conf.seq_len,
+                                   separator='', device=torch.device('cpu')))
     assert model.training, 'sampling must restore training mode'
     assert len(out) == 6
     assert all(t in conf.text.tokenizer.stoi for t in out)
@@ -52,15 +52,15 @@ def test_prompt_longer_than_seq_len_is_cropped(tiny_configs):
 def test_sampling_keeps_eval_mode_and_adds_separator(tiny_configs):
     conf = tiny_configs()
     model = conf.model.eval()
-    out = greedy_continuation(model, conf.text, 'It is ', n_tokens=4, seq_len=conf.seq_len, separator='|',
-                              device=torch.device('cpu'))
+    out = list(greedy_continuation(model, conf.text.tokenizer, 'It is ', n_tokens=4, seq_len=conf.seq_len,
+                                   separator='|', device=torch.device('cpu')))
     assert not model.training
     assert len(out) == 4
     assert all(t.startswith('|') and t[1:] in conf.text.tokenizer.stoi for t in out)
 
 
 def test_check_prompt_names_missing_characters(tiny_configs):
-    text = tiny_configs().text
+    text = tiny_configs().text.tokenizer
     check_prompt('It is a lazy day', text)  # every character is in the corpus
     with pytest.raises(UserError) as e:
         check_prompt('Zz', text)

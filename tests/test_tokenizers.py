@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from gpt_experiment import UserError, corpus, tokenizers
-from gpt_experiment.batches import ShuffledWindows
+from gpt_experiment.corpus import ShuffledWindows
 from gpt_experiment.corpus import BPE, Corpus, Span, stream_text
 
 from conftest import CORPUS
@@ -68,7 +68,7 @@ def test_large_bpe_corpus_is_cached_and_memory_mapped(tmp_path, monkeypatch):
     third = load_token_corpus(path, BPE(280, 10 ** 8), seq_len=16)
     assert len(list(cache.glob('tokenizer-*.json'))) == 2 and third.tokenizer.n_tokens == 280
     # windows gathered from the memmap are the text's shifted pairs
-    x, y = next(iter(ShuffledWindows(second.train, batch_size=4, seq_len=16)))
+    x, y, _ = next(ShuffledWindows(second.train, batch_size=4, seq_len=16).epoch(0))
     assert x.dtype == torch.long and x.shape == (16, 4)
     assert torch.equal(x[1:], y[:-1])
 
@@ -115,6 +115,6 @@ def test_bpe_option_trains_on_the_corpus(tiny_configs):
     conf = tiny_configs(tokenizer='bpe', bpe_vocab_size=300)
     assert isinstance(conf.text, Corpus)
     assert conf.n_tokens == conf.text.tokenizer.n_tokens <= 300
-    x, y = next(iter(conf.train_loader))
+    x, y, _ = next(conf.train_loader.epoch(0))
     logits, _ = conf.model(x)
     assert logits.shape == (16, 8, conf.n_tokens)
