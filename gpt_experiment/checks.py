@@ -62,15 +62,60 @@ def parameter_count(c) -> int:
     return t.n_layers * layer + ends + positions
 
 
+def activation_bytes(c, windows: int) -> int:
+    """
+    What the forward pass of `windows` windows keeps for the backward pass, estimated from the
+    shapes: per token and layer, about ten `d_model`-wide tensors (the layer norms' inputs and
+    outputs, the query, key and value, the attention's output and the residuals) and three
+    `d_ff`-wide ones (the feed-forward's hidden layer before and after its activation, and its
+    dropout's), and labml_nn's attention (`mha`) its `heads x seq_len` scores twice; per token,
+    the logits three times (the logits, their log-softmax and its gradient). In 4-byte floats:
+    autocast keeps some in 2 bytes, so this errs on the safe side.
+    """
+    t = c.transformer
+    tokens = windows * c.seq_len
+    per_layer = 10 * t.d_model + 3 * t.ffn.d_ff
+    if labml_glue.chosen_value(t, 'encoder_attn') != 'sdpa':
+        per_layer += 2 * t.n_heads * c.seq_len
+    return 4 * tokens * (t.n_layers * per_layer + 3 * c.n_tokens)
+
+
+def memory_limit(device) -> int:
+    """
+    The memory training may use: the GPU's, or the machine's RAM, less when a cgroup (a
+    container's limit, `docker --memory`, a SLURM job) allows this process less.
+    """
+    if device.type == 'cuda':
+        return torch.cuda.get_device_properties(device).total_memory
+    limit = os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES')
+    for path in ('/sys/fs/cgroup/memory.max', '/sys/fs/cgroup/memory/memory.limit_in_bytes'):
+        try:
+            value = open(path).read().strip()
+        except OSError:
+            continue
+        if value.isdigit():
+            limit = min(limit, int(value))
+    return limit
+
+
 def _check_memory(c):
-    """Refuse a model whose weights, gradients and Adam moments could not fit on the device."""
+    """
+    Refuse a model whose weights, gradients and Adam moments, with what a forward pass keeps
+    for the backward pass, could not fit in the memory training may use; name a
+    `micro_batch_size` that fits, when one does.
+    """
     n = parameter_count(c)
     # Four float32 copies of every parameter, and labml_nn's fixed positional table
-    needed = 16 * n + (4 * FIXED_POSITIONS * c.transformer.d_model if _src_embed(c) == 'fixed_pos' else 0)
-    if c.device.type == 'cuda':
-        available = torch.cuda.get_device_properties(c.device).total_memory
-    else:
-        available = os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES')
-    if needed > available:
-        raise UserError(f'the model has {n:,} parameters and would need {needed / 2 ** 30:,.1f} GiB for its weights, '
+    fixed = 16 * n + (4 * FIXED_POSITIONS * c.transformer.d_model if _src_embed(c) == 'fixed_pos' else 0)
+    available = memory_limit(c.device)
+    if fixed > available:
+        raise UserError(f'the model has {n:,} parameters and would need {fixed / 2 ** 30:,.1f} GiB for its weights, '
                         f'gradients and Adam moments alone; the {c.device.type} has {available / 2 ** 30:,.1f} GiB')
+    micro = min(c.micro_batch_size or c.batch_size, c.batch_size)
+    needed = fixed + activation_bytes(c, micro)
+    if needed > available:
+        fits = [m for m in range(1, micro) if fixed + activation_bytes(c, m) <= available]
+        hint = f'; micro_batch_size={fits[-1]} would fit' if fits else '; not even one window fits'
+        raise UserError(f'a forward pass of {micro} windows of {c.seq_len} tokens would need about '
+                        f'{needed / 2 ** 30:,.1f} GiB with the model; the {c.device.type} allows '
+                        f'{available / 2 ** 30:,.1f} GiB{hint}')

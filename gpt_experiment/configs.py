@@ -145,8 +145,16 @@ def _device_configs() -> DeviceConfigs:
 #
 # bf16 autocast pays only where the hardware multiplies bf16 matrices natively, at about twice
 # the fp32 rate: CUDA GPUs with bf16 tensor cores (Ampere and later), and CPUs with AVX512-BF16
-# or AMX. Elsewhere bf16 is emulated and slower than fp32. `dtype=auto` asks the hardware at
-# run time; the run's `configs.yaml` records `auto` and its log says which it took.
+# or AMX. Elsewhere bf16 is emulated and slower than fp32. On a CPU it pays only for wide
+# enough models: autocast casts weights and activations around every matrix product, which
+# costs more than the faster products save below `CPU_BF16_FROM_WIDTH`, where bf16 measured
+# faster (benchmarks/bf16_crossover.py; docs/results.md). `dtype=auto`, the default, asks the
+# hardware at run time; the run's `configs.yaml` records `auto` and its log says which it took
+# and why.
+
+# The narrowest model (`transformer.d_model`) at which a training step measured faster in bf16
+# than in fp32 on CPUs with bf16 units
+CPU_BF16_FROM_WIDTH = 256
 
 @option(Configs.dtype, 'float32')
 def _float32():
@@ -185,11 +193,22 @@ def cpu_flags() -> set:
     return set()
 
 
+def auto_dtype(device: torch.device, width: int) -> tuple:
+    """`(dtype, why)`: bf16 where it pays, fp32 elsewhere."""
+    if not has_bf16_units(device):
+        return torch.float32, f'the {device.type} has no bf16 units'
+    if device.type == 'cpu' and width < CPU_BF16_FROM_WIDTH:
+        return torch.float32, (f'the CPU has bf16 units, but at {width} wide bf16 is slower here than fp32 '
+                               f'(it pays from {CPU_BF16_FROM_WIDTH})')
+    return torch.bfloat16, f'the {device.type} has bf16 units' + (
+        f' and the model is {width} wide' if device.type == 'cpu' else '')
+
+
 @option(Configs.dtype, 'auto')
 def _auto_dtype(c: Configs):
-    """bf16 where the device has bf16 units, fp32 elsewhere."""
-    dtype = torch.bfloat16 if has_bf16_units(c.device) else torch.float32
-    logger.log([('dtype=auto: ', Text.key), (str(dtype).replace('torch.', ''), Text.value)])
+    """bf16 where it pays, fp32 elsewhere."""
+    dtype, why = auto_dtype(c.device, c.transformer.d_model)
+    logger.log([('dtype=auto: ', Text.key), (str(dtype).replace('torch.', ''), Text.value), (f' ({why})', Text.meta)])
     return dtype
 
 

@@ -91,6 +91,15 @@ def fsync_dir(path: Path):
         os.close(fd)
 
 
+def fsync_file(path: Path):
+    """Flush a file written by someone else's writer (a library's) to disk."""
+    fd = os.open(str(path), os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def write_durably(path: Path, write: Callable[[Any], None]):
     """Open `path` for binary writing, let `write(f)` fill it, and flush it to disk."""
     with open(path, 'wb') as f:

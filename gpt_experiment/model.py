@@ -109,12 +109,15 @@ class GPT(nn.Module):
 def crop_positions(src_embed: nn.Module, seq_len: int) -> nn.Module:
     """
     <a id="crop_positions"></a>
-    Cut a learned positional table (labml_nn makes 5,000 rows) to the `seq_len` rows a GPT can
-    use. Fixed sinusoidal tables are buffers, not parameters, and are left as they are.
+    Cut a positional table (labml_nn makes 5,000 rows) to the `seq_len` rows a GPT can use. A
+    learned table stays a parameter; a fixed sinusoidal one is recomputed whenever the model is
+    built, so it becomes a buffer that checkpoints leave out.
     """
     pe = getattr(src_embed, 'positional_encodings', None)
     if isinstance(pe, nn.Parameter) and pe.shape[0] > seq_len:
         src_embed.positional_encodings = nn.Parameter(pe.detach()[:seq_len].clone())
+    elif isinstance(pe, torch.Tensor) and not isinstance(pe, nn.Parameter):
+        src_embed.register_buffer('positional_encodings', pe[:seq_len].clone(), persistent=False)
     return src_embed
 
 

@@ -201,6 +201,9 @@ def _parse(key: str, value: Any, spec: Key):
     if spec.kind == 'option':
         if isinstance(value, str) and value in spec.options:
             return value
+        # YAML's `true` for an option named `true`
+        if isinstance(value, bool) and str(value).lower() in spec.options:
+            return str(value).lower()
         raise UserError(f'{key}={_short(value)} is not a registered option; choose one of: {", ".join(spec.options)}')
     try:
         if spec.kind == 'bool':
@@ -265,7 +268,7 @@ def _kind_name(kind: str) -> str:
 AT_LEAST = {
     'seq_len': 1, 'batch_size': 1, 'epochs': 1, 'inner_iterations': 1, 'log_interval': 1,
     'transformer.d_model': 1, 'transformer.n_heads': 1, 'transformer.n_layers': 1, 'transformer.ffn.d_ff': 1,
-    'bpe_train_bytes': 1, 'sample_tokens': 0, 'micro_batch_size': 0, 'checkpoint_minutes': 0,
+    'bpe_train_bytes': 1, 'sample_tokens': 0, 'micro_batch_size': 0, 'checkpoint_minutes': 0, 'keep_checkpoints': 0,
     'warmup_steps': 0, 'seed': 0, 'device.cuda_device': 0,
     # 0: the whole validation split
     'valid_batches': 0,

@@ -138,17 +138,36 @@ def newest_run_with_checkpoint(logs: Optional[Path] = None) -> Path:
     return with_checkpoints[-1]
 
 
+def run_file(run_dir: Path, name: str) -> Path:
+    """
+    A file of a run folder, refused in one line when it is a link that points outside the
+    folder (what it reads is then someone else's file); the reading rule ([files](files.html))
+    refuses anything but a regular file.
+    """
+    path = run_dir / name
+    if path.is_symlink() and not path.resolve().is_relative_to(run_dir.resolve()):
+        raise UserError(f'{path} is a link out of the run folder')
+    return path
+
+
+def tokenizer(run_dir: Path):
+    """The run's `tokenizer.json`."""
+    run_file(run_dir, tokenizers.FILE_NAME)
+    return tokenizers.load(run_dir)
+
+
 # ## Checkpoints of a run
 
 def checkpoint_steps(run_dir: Path) -> List[int]:
-    """The steps of the complete checkpoints of a run, oldest first."""
+    """The steps of the complete checkpoints of a run (their weights load), oldest first."""
     return checkpoints.steps_complete(run_dir / 'checkpoints')
 
 
-def find_checkpoint(run_dir: Path, step: Optional[int] = None) -> Path:
+def find_checkpoint(run_dir: Path, step: Optional[int] = None, need=(checkpoints.WEIGHTS,)) -> Path:
     """
-    The checkpoint folder to load: the one at `step`, or the newest. A damaged one is refused,
-    never passed over in silence, with the newest complete one named.
+    The checkpoint folder to load, with the files `need` names: the one at `step`, or the
+    newest. A damaged one is refused, never passed over in silence, with the newest complete
+    one named.
     """
     root = run_dir / 'checkpoints'
     every = checkpoints.steps(root)
@@ -163,40 +182,49 @@ def find_checkpoint(run_dir: Path, step: Optional[int] = None) -> Path:
     if why is not None:
         raise UserError(f'checkpoint {step} of run {run_dir.name} is damaged ({why}); '
                         f'{checkpoints.newest_complete(root, below=step)}')
+    lacking = checkpoints.problem(root / str(step), need)
+    if lacking is not None:
+        raise UserError(f'checkpoint {step} of run {run_dir.name} has its weights but not its training state '
+                        f'({lacking}), so it cannot be resumed; generate reads it, and '
+                        f'init_from={uuid_of(run_dir)}:{step} starts a new run from its weights')
     return root / str(step)
 
 
-def find(run: Optional[str], step: Optional[int] = None) -> Tuple[Path, Path]:
+def find(run: Optional[str], step: Optional[int] = None, need=(checkpoints.WEIGHTS,)) -> Tuple[Path, Path]:
     """The run (a uuid or prefix; the newest with a checkpoint when `None`) and its checkpoint to load."""
     run_dir = find_run(run) if run is not None else newest_run_with_checkpoint()
-    return run_dir, find_checkpoint(run_dir, step)
+    return run_dir, find_checkpoint(run_dir, step, need)
 
 
-def _load(checkpoint: Path, name: str) -> Any:
-    """The state a checkpoint saved as `name` (`model`, `training`), loaded safely."""
+def _file(checkpoint: Path, name: str) -> Path:
+    """The file a checkpoint saved as `name` (`model`, `training`)."""
     info = checkpoints.files_of(checkpoint)
     if name not in info:
         raise UserError(f'{checkpoint / checkpoints.INFO} names no {name}')
-    try:
-        return checkpoints.load_tensors(checkpoint / info[name])
-    except UserError as e:
-        raise UserError(f'{e}; {checkpoints.newest_complete(checkpoint.parent, below=int(checkpoint.name))}') from None
+    return checkpoint / info[name]
+
+
+def _newest_other(checkpoint: Path, e: UserError) -> UserError:
+    return UserError(f'{e}; {checkpoints.newest_complete(checkpoint.parent, below=int(checkpoint.name))}')
 
 
 def load_weights(model, checkpoint: Path, why: str = ''):
     """Load a checkpoint's weights into `model`, or say in one line why they do not fit it."""
-    state = _load(checkpoint, 'model')
     try:
-        model.load_state_dict(state)
-    except (RuntimeError, KeyError, ValueError, TypeError, AttributeError) as e:
-        raise UserError(f'the weights of {checkpoint} do not fit the model of its configs '
-                        f'({checkpoints.detail(e)}){why}') from None
+        with checkpoints.reading(checkpoint):
+            checkpoints.load_weights(model, _file(checkpoint, checkpoints.WEIGHTS))
+    except UserError as e:
+        raise UserError(f'{e}{why}') if 'does not load into' in str(e) else _newest_other(checkpoint, e) from None
 
 
 def training_state(checkpoint: Path) -> Dict[str, Any]:
     """A checkpoint's training state, for `--resume`; one line when it cannot be resumed."""
     from .trainer import STATE_FORMAT
-    state = _load(checkpoint, 'training')
+    try:
+        with checkpoints.reading(checkpoint):
+            state = checkpoints.load_tensors(_file(checkpoint, checkpoints.TRAINING))
+    except UserError as e:
+        raise _newest_other(checkpoint, e) from None
     if not isinstance(state, dict) or state.get('format') != STATE_FORMAT:
         raise UserError(f'{checkpoint} was saved by an earlier version of gpt_experiment and cannot be resumed; '
                         f'generate and evaluate still read it, and init_from={uuid_of(checkpoint.parent.parent)}:'
@@ -207,7 +235,7 @@ def training_state(checkpoint: Path) -> Dict[str, Any]:
 # ## What a run was given
 
 def _configs_file(run_dir: Path) -> Dict[str, Any]:
-    path = run_dir / 'configs.yaml'
+    path = run_file(run_dir, 'configs.yaml')
     configs = load_yaml(path)
     if not isinstance(configs, dict) or not all(isinstance(v, dict) for v in configs.values()):
         raise UserError(f'{path} is not a labml configs file')
@@ -258,19 +286,20 @@ def load_model(run_dir: Path, checkpoint: Path, device: str):
     from labml import experiment
     from .configs import Configs
     device = check_device(device)
-    tokenizer = tokenizers.load(run_dir)
+    vocabulary = tokenizer(run_dir)
     overrides = given_configs(run_dir)
-    overrides['n_tokens'] = tokenizer.n_tokens
+    overrides['n_tokens'] = vocabulary.n_tokens
     conf = Configs()
     experiment.configs(conf, overrides)
     model = conf.model
-    load_weights(model, checkpoint, f' ({run_dir / "configs.yaml"}, {run_dir / tokenizers.FILE_NAME})')
-    return model.to(device).eval(), conf, tokenizer
+    load_weights(model, checkpoint, f'; the model is built from {run_dir / "configs.yaml"} and '
+                                    f'{run_dir / tokenizers.FILE_NAME}')
+    return model.to(device).eval(), conf, vocabulary
 
 
 def run_info(run_dir: Path) -> Dict[str, Any]:
     """labml's `run.yaml`."""
-    info = load_yaml(run_dir / 'run.yaml')
+    info = load_yaml(run_file(run_dir, 'run.yaml'))
     if not isinstance(info, dict):
         raise UserError(f'{run_dir / "run.yaml"} is not a labml run file')
     return info
@@ -279,9 +308,10 @@ def run_info(run_dir: Path) -> Dict[str, Any]:
 # ## What became of a run
 
 def _sqlite(run_dir: Path, query: str, *args) -> list:
-    db = run_dir / 'sqlite.db'
-    if not db.is_file():
+    db = run_file(run_dir, 'sqlite.db')
+    if not db.exists():
         return []
+    files.regular_file(db)
     try:
         conn = sqlite3.connect(f'file:{db}?mode=ro', uri=True)
         try:
@@ -311,7 +341,7 @@ def last_step(run_dir: Path) -> Optional[int]:
 
 def _ending(run_dir: Path) -> Optional[Dict[str, Any]]:
     """The last line labml wrote to `run_log.jsonl` when the run ended, if it ended."""
-    path = run_dir / 'run_log.jsonl'
+    path = run_file(run_dir, 'run_log.jsonl')
     if not path.exists():
         return None
     lines = [line for line in files.read_text(path).splitlines() if line.strip()]
@@ -325,7 +355,7 @@ def _ending(run_dir: Path) -> Optional[Dict[str, Any]]:
 
 
 def _pid(run_dir: Path) -> Optional[int]:
-    pids = sorted((run_dir / 'pids').glob('*.pid'))
+    pids = sorted((run_file(run_dir, 'pids')).glob('*.pid'))
     try:
         return int(files.read_text(pids[0], max_bytes=64).strip()) if pids else None
     except (UserError, ValueError):

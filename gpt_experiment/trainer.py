@@ -29,6 +29,7 @@ labml does what it is for: configurations and `@option`s, tracking (`tracker`), 
 folder and the dashboard.
 """
 
+import contextlib
 import itertools
 import math
 import random
@@ -47,7 +48,7 @@ from labml.logger import Text
 from labml_helpers.train_valid import hook_model_outputs
 from labml_nn.experiments.nlp_autoregression import NLPAutoRegressionConfigs
 
-from . import console, distributed, sampling
+from . import console, distributed, labml_glue, sampling
 from .errors import LossNotFinite, UserError
 from .optimizer import WarmupCosine
 
@@ -96,20 +97,24 @@ class Trainer(NLPAutoRegressionConfigs):
     # Wall-clock minutes after which a checkpoint is added at the next step, besides the ones
     # at the end of each epoch (0: only those)
     checkpoint_minutes: float = 10.0
+    # Checkpoints kept: the newest N and the one with the best validation loss (0: all)
+    keep_checkpoints: int = 3
     # Tokens (not steps) of linear learning-rate warm-up
     warmup_steps: int = 128 * 128 * 20
     # The learning rate after each number of tokens trained: the warm-up, then the cosine
     schedule: WarmupCosine
     # Seed of the random generators, for the initial weights and the data order
     seed: int = 0
-    # Precision of the forward pass, through autocast: `float32`, `bfloat16`, `float16`, or `auto`
-    dtype: torch.dtype = 'float32'
+    # Precision of the forward pass, through autocast: `float32`, `bfloat16`, `float16`, or
+    # `auto`: bf16 where it pays (CUDA with bf16 units; a CPU with them, for wide models), fp32 elsewhere
+    dtype: torch.dtype = 'auto'
     # Gradient scaler; it only scales with `float16`, whose gradients would underflow
     grad_scaler: torch.amp.GradScaler
-    # Whether training steps run the model through `torch.compile`
-    compile: bool = False
-    # The model as training steps call it: `model`, under DDP with several processes, compiled
-    # or not. Checkpoints and sampling always use `model` itself.
+    # Whether training steps run the model through `torch.compile`: `auto` (on CUDA, where it
+    # pays; not on a CPU, where compiling takes longer than it saves), `true` or `false`
+    compile: bool = 'auto'
+    # The model as training steps call it: `model`, or under DDP with several processes.
+    # Checkpoints and sampling always use `model` itself.
     train_model: torch.nn.Module
 
     # Where training stands ([`Position`](#Position)); written only here
@@ -120,6 +125,10 @@ class Trainer(NLPAutoRegressionConfigs):
     _stop: Optional['StopRequests'] = None
     # When a checkpoint is next due, by `checkpoint_minutes`
     _timer: Optional['Timer'] = None
+    # `(tokens, loss)` of the last validation
+    _last_valid: Optional[Tuple[int, float]] = None
+    # `train_model` through `torch.compile`, made at the first step; `False` once it failed
+    _compiled = None
 
     def __init__(self, **kwargs):
         super().__init__(**kwargs)
@@ -209,15 +218,17 @@ class Trainer(NLPAutoRegressionConfigs):
         is_last_batch = self._position.window + data.shape[1] * distributed.world().size >= \
             self.train_loader.windows_per_epoch
         micro = self.micro_batch_size or data.shape[1]
-        chunks = list(zip(data.split(micro, dim=1), target.split(micro, dim=1)))
+        # (a slice of the batch dimension of sequence-first tensors is not contiguous)
+        chunks = [(x.contiguous(), y.contiguous()) for x, y in zip(data.split(micro, dim=1), target.split(micro, dim=1))] \
+            if micro < data.shape[1] else [(data, target)]
         for i, (x, y) in enumerate(chunks):
-            with distributed.sync_gradients(self.train_model, i == len(chunks) - 1), \
-                    self.mode.update(is_log_activations=is_last_batch and self.is_log_model_activations), \
-                    torch.autocast(self.device.type, dtype=self.dtype, enabled=self.dtype != torch.float32):
-                output, *_ = self.train_model(x)
-                loss = self.loss_func(output, y)
-            self._metrics.add(tokens, loss, output, y)
-            self.grad_scaler.scale(loss * (y.numel() / target.numel())).backward()
+            with distributed.sync_gradients(self.train_model, i == len(chunks) - 1), out_of_memory(x.shape[1]):
+                with self.mode.update(is_log_activations=is_last_batch and self.is_log_model_activations), \
+                        torch.autocast(self.device.type, dtype=self.dtype, enabled=self.dtype != torch.float32):
+                    output, *_ = self.forward(x)
+                    loss = self.loss_func(output, y)
+                self._metrics.add(tokens, loss, output, y)
+                self.grad_scaler.scale(loss * (y.numel() / target.numel())).backward()
         # Clip the true gradients, not the scaled ones.
         self.grad_scaler.unscale_(self.optimizer)
         self._metrics.add_grad_norm(torch.nn.utils.clip_grad_norm_(self.model.parameters(),
@@ -231,6 +242,29 @@ class Trainer(NLPAutoRegressionConfigs):
         self.optimizer.zero_grad(set_to_none=True)
         self._position.tokens = tokens
         tracker.set_global_step(tokens)
+
+    def forward(self, x: torch.Tensor):
+        """
+        The training forward pass: compiled, when `compile` says so. A compiler that is missing
+        or fails makes `compile=auto` train eagerly, said in one line; `compile=true` stops.
+        """
+        if not self.compile or self._compiled is False:
+            return self.train_model(x)
+        if self._compiled is None:
+            # Static shapes: an epoch's last, smaller batch gets a graph of its own, rather
+            # than turning every step's graph into a slower dynamic-shape one.
+            self._compiled = torch.compile(self.train_model, dynamic=False)
+        try:
+            return self._compiled(x)
+        except Exception as e:  # torch._dynamo's and the compiler's own errors
+            self._compiled = False
+            detail = ' '.join(str(e).split())[:160]
+            if labml_glue.chosen_value(self, 'compile') == 'true':
+                raise UserError(f'compile=true: torch.compile failed ({e.__class__.__name__}: {detail}); '
+                                f'compile=false trains eagerly') from None
+            logger.log(f'compile=auto: torch.compile failed ({e.__class__.__name__}: {detail}); training eagerly',
+                       Text.warning)
+            return self.train_model(x)
 
     # ## Validation and sampling
 
@@ -261,7 +295,9 @@ class Trainer(NLPAutoRegressionConfigs):
             # A stop here drops the partial validation; a resumed run does it again, whole.
             self.check_stop()
         if metrics.steps:
-            tracker.add(metrics.report(self.device, 'valid'))
+            values = metrics.report(self.device, 'valid')
+            self._last_valid = (p.tokens, values['loss.valid'])
+            tracker.add(values)
 
     def sample(self):
         """Greedy continuation of the prompt, printed and tracked as `sampled` (by rank 0)."""
@@ -327,6 +363,10 @@ class Trainer(NLPAutoRegressionConfigs):
         logger.log(f"Stopped at step {self._position.tokens:,}; {saved}.", Text.danger)
         raise interrupted(signum)
 
+    def valid_loss_here(self) -> Optional[float]:
+        """The validation loss at the step training stands at, if one was taken there (for pruning)."""
+        return self._last_valid[1] if self._last_valid and self._last_valid[0] == self._position.tokens else None
+
     # ## What a checkpoint holds besides the weights
 
     def state_dict(self) -> Dict[str, Any]:
@@ -368,10 +408,39 @@ def _grad_scaler(c: Trainer):
 
 @option(Trainer.train_model)
 def _train_model(c: Trainer):
-    model = distributed.wrap(c.model)
-    # Static shapes: an epoch's last, smaller batch gets a graph of its own, rather than
-    # turning every step's graph into a slower dynamic-shape one.
-    return torch.compile(model, dynamic=False) if c.compile else model
+    return distributed.wrap(c.model)
+
+
+@option(Trainer.compile, 'auto')
+def _compile_auto(c: Trainer):
+    return c.device.type == 'cuda'
+
+
+@option(Trainer.compile, 'true')
+def _compile():
+    return True
+
+
+@option(Trainer.compile, 'false')
+def _eager():
+    return False
+
+
+@contextlib.contextmanager
+def out_of_memory(windows: int):
+    """
+    An allocation that fails in a training step (a CUDA out of memory, a CPU allocator's) is one
+    line naming a `micro_batch_size` to try; nothing is saved after it, so the last checkpoint
+    stays as it was.
+    """
+    try:
+        yield
+    except RuntimeError as e:  # `torch.OutOfMemoryError` is one
+        if not (isinstance(e, torch.OutOfMemoryError) or 'DefaultCPUAllocator' in str(e)
+                or 'out of memory' in str(e)):
+            raise
+        hint = f'micro_batch_size={windows // 2}' if windows > 1 else 'a smaller model or seq_len'
+        raise UserError(f'out of memory in a forward and backward pass of {windows} windows; try {hint}') from None
 
 
 # <a id="StepMetrics"></a>

@@ -32,6 +32,7 @@ Where tracked values go is labml's writers: `screen` (the console), `sqlite` (th
 [`TensorBoardExtras`](#TensorBoardExtras) adds the configs and the samples to TensorBoard.
 """
 
+import contextlib
 import importlib.util
 import time
 from pathlib import Path
@@ -76,7 +77,7 @@ def _keep_model(run_dir: Path, overrides: Dict[str, Any], how: str):
 
 def resumed(run: str, step: Optional[int], overrides: Dict[str, Any]) -> tuple:
     """The checkpoint `--resume` continues from, and the run's configs with `overrides` on top."""
-    run_dir, checkpoint = runs.find(run, step)
+    run_dir, checkpoint = runs.find(run, step, need=(checkpoints.WEIGHTS, checkpoints.TRAINING))
     state = runs.training_state(checkpoint)
     given = runs.given_configs(run_dir)
     _keep_model(run_dir, overrides, 'a resumed run keeps its model and its tokenizer.json')
@@ -163,27 +164,32 @@ def train(overrides: Optional[Dict[str, Any]] = None, *, name: Optional[str] = N
         start, overrides = resumed(resume, checkpoint, overrides)
     elif overrides.get('init_from'):
         start, overrides = initialised(overrides)
-    run_tokenizer = tokenizers.load(start.run) if start is not None else None
+    run_tokenizer = runs.tokenizer(start.run) if start is not None else None
     world = distributed.setup()
     # A resumed run goes beside its parent, under its experiment's name.
     name = name or (start.run.parent.name if start is not None and start.state is not None else 'gpt')
     experiment.create(name=name, comment=comment, python_file=python_file, uuid=distributed.shared_uuid(),
                       distributed_rank=world.rank, distributed_world_size=world.size if world.is_distributed else 0,
                       writers=writers if world.is_main else set())
-    conf = configure(overrides, run_tokenizer=run_tokenizer)
-    step = None
-    if start is not None:
-        runs.load_weights(conf.model, start.checkpoint, ': the model cannot change')
-        if start.state is not None:
-            step = int(start.checkpoint.name)
-            if start.state['position']['epoch'] >= conf.epochs:
-                raise UserError(f'the checkpoint has done {start.state["position"]["epoch"]} of epochs={conf.epochs}; '
-                                f'give a larger epochs=N to train longer')
-            conf.load_state_dict(start.state)
-            if world.is_main and runs.status(start.run) != 'running':
-                # what a killed writer of the parent left half written
-                checkpoints.remove_partial_checkpoints(start.run)
-    checkpoints.install(conf.model, conf.state_dict, resumed_step=step)
+    with contextlib.ExitStack() as held:
+        if start is not None:
+            # the checkpoint is not pruned away while this run reads it
+            held.enter_context(checkpoints.reading(start.checkpoint))
+        conf = configure(overrides, run_tokenizer=run_tokenizer)
+        step = None
+        if start is not None:
+            runs.load_weights(conf.model, start.checkpoint, ': the model cannot change')
+            if start.state is not None:
+                step = int(start.checkpoint.name)
+                if start.state['position']['epoch'] >= conf.epochs:
+                    raise UserError(f'the checkpoint has done {start.state["position"]["epoch"]} of '
+                                    f'epochs={conf.epochs}; give a larger epochs=N to train longer')
+                conf.load_state_dict(start.state)
+                if world.is_main and runs.status(start.run) != 'running':
+                    # what a killed writer of the parent left half written
+                    checkpoints.remove_partial_checkpoints(start.run)
+    checkpoints.install(conf.model, conf.state_dict, resumed_step=step, keep=conf.keep_checkpoints,
+                        valid_loss=conf.valid_loss_here)
     compute_ahead(conf)
     # The dashboard, when one is configured and answers ([dashboard](dashboard.html)).
     dashboard_api = dashboard.connect(writers if world.is_main else set())

@@ -104,11 +104,17 @@ def run_dirs(project_path: Path, name: str) -> List[Path]:
 
 
 def checkpoint_steps(run_dir: Path) -> List[int]:
-    """The global steps that have a `checkpoints/<step>/model.pth`."""
+    """The global steps that have a `checkpoints/<step>/model.safetensors`."""
     root = run_dir / 'checkpoints'
     if not root.is_dir():
         return []
-    return sorted(int(p.name) for p in root.iterdir() if (p / 'model.pth').is_file())
+    return sorted(int(p.name) for p in root.iterdir() if (p / 'model.safetensors').is_file())
+
+
+def weights(checkpoint: Path) -> Dict:
+    """The tensors of a checkpoint's `model.safetensors`."""
+    from safetensors.torch import load_file
+    return load_file(str(Path(checkpoint) / 'model.safetensors'))
 
 
 def read_scalars(run_dir: Path, indicator: str) -> List[tuple]:

@@ -16,7 +16,7 @@ import torch
 
 from gpt_experiment import train
 
-from conftest import REPO_ROOT, TINY, checkpoint_steps, read_scalars, run_dirs, write_project
+from conftest import REPO_ROOT, TINY, checkpoint_steps, read_scalars, run_dirs, weights, write_project
 
 # Every test starts torchrun with two processes.
 pytestmark = pytest.mark.slow
@@ -66,7 +66,7 @@ def test_two_processes_match_one(tmp_path, monkeypatch):
     for k in single:
         assert torch.allclose(ranks[0][k], single[k], atol=1e-5, rtol=1e-4), (k, (ranks[0][k] - single[k]).abs().max())
     # rank 0 saved the model it ended with
-    fresh = torch.load(runs[0] / 'checkpoints' / str(230 * 18) / 'model.pth', weights_only=True)
+    fresh = weights(runs[0] / 'checkpoints' / str(230 * 18))
     assert all(torch.equal(fresh[k], ranks[0][k]) for k in fresh)
 
 

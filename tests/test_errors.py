@@ -75,10 +75,20 @@ CASES = [
     ('nan-learning-rate', ['learning_rate=nan'], ["learning_rate must be a finite number, got 'nan'"]),
     ('zero-learning-rate', ['learning_rate=0'], ['learning_rate must be positive, got 0.0']),
     ('betas', ['optimizer.betas=[2,3]'], ['optimizer.betas must each be in [0, 1), got [2.0, 3.0]']),
+    ('bpe-vocab-past-the-trainer', ['tokenizer=bpe', f'bpe_vocab_size={2 ** 24 + 1}'],
+     ['bpe_vocab_size must be at most 16,777,216']),
+    ('negative-checkpoint-minutes', ['checkpoint_minutes=-1'], ['checkpoint_minutes must be at least 0, got -1.0']),
+    ('negative-keep-checkpoints', ['keep_checkpoints=-2'], ['keep_checkpoints must be at least 0, got -2']),
+    ('negative-micro-batch', ['micro_batch_size=-1'], ['micro_batch_size must be at least 0, got -1']),
+    ('labml-key-the-trainer-does-not-read', ['save_models_interval=100'], ["save_models_interval is labml's but"]),
+    ('betas-of-three', ['optimizer.betas=(0.9, 0.9, 0.9)'], ['optimizer.betas expects 2 numbers, as [0.9, 0.9]']),
     ('huge-seed', ['seed=1180591620717411303424'], ['seed=1180591620717411303424 is out of range']),
     ('seed-past-64-bits', [f'seed={2 ** 63}'], ['integers here are 64-bit']),
     ('huge-model', ['transformer.d_model=1000000000', 'transformer.n_heads=1'],
      ['the model has 4,000,000,', 'parameters and would need', 'GiB']),
+    # the model fits, a forward pass of the whole batch does not; a micro-batch would
+    ('huge-batch', ['batch_size=100000000'], ['a forward pass of 100000000 windows of 16 tokens would need about',
+                                              'micro_batch_size=']),
     ('inner-iterations', ['inner_iterations=1000000'], ['inner_iterations=1000000 is more than the training batches '
                                                         'of an epoch (33)']),
     ('recursive-yaml', ['recursive.yaml'], ['recursive.yaml is not valid YAML', 'the alias *a is of a list']),
@@ -154,3 +164,19 @@ def test_bad_input_in_a_subprocess(tmp_path, case_id):
 
 def test_an_alias_of_a_scalar_is_fine(bad_project):
     assert overrides_from_args(['scalar_alias.yaml']) == {'seq_len': 16, 'batch_size': 16}
+
+
+def test_the_memory_limit_is_the_cgroups_when_it_is_lower(monkeypatch):
+    import builtins
+    from gpt_experiment import checks
+    import torch
+    physical = checks.memory_limit(torch.device('cpu'))
+    real_open = builtins.open
+
+    def fake_open(path, *args, **kwargs):
+        if str(path) == '/sys/fs/cgroup/memory.max':
+            import io
+            return io.StringIO(f'{2 ** 30}\n')
+        return real_open(path, *args, **kwargs)
+    monkeypatch.setattr(checks, 'open', fake_open, raising=False)
+    assert checks.memory_limit(torch.device('cpu')) == min(physical, 2 ** 30)

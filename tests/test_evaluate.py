@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from gpt_experiment import evaluate, runs
 from gpt_experiment import train
 
-from conftest import CORPUS, PARAGRAPH, REPO_ROOT, TINY, run_dirs
+from conftest import CORPUS, PARAGRAPH, REPO_ROOT, TINY, run_dirs, weights
 
 
 @pytest.fixture
@@ -115,11 +115,11 @@ def test_evaluate_scores_the_newest_runs_own_validation_split_by_default(char_ru
 
 def test_damaged_weights_are_one_line_not_a_json_nan(char_run, project):
     ckpt = runs.find_checkpoint(char_run)
-    state = torch.load(ckpt / 'model.pth', weights_only=True)
-    state = {k: v * float('nan') for k, v in state.items()}
-    torch.save(state, ckpt / 'model.pth')
+    from safetensors.torch import save_file
+    state = {k: v * float('nan') for k, v in weights(ckpt).items()}
+    save_file(state, str(ckpt / 'model.safetensors'))
     info = json.loads((ckpt / 'info.json').read_text())
-    info['bytes']['model.pth'] = (ckpt / 'model.pth').stat().st_size
+    info['bytes']['model.safetensors'] = (ckpt / 'model.safetensors').stat().st_size
     (ckpt / 'info.json').write_text(json.dumps(info))
     (project / 'held_out.txt').write_text(PARAGRAPH, encoding='utf-8')
     out = _evaluate(['--run', char_run.name, '--text', 'held_out.txt', '--json'], project)

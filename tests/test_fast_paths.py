@@ -6,6 +6,7 @@ on the same weights, in either layout; PyTorch's Adam, with the schedule, follow
 
 import copy
 import math
+import re
 
 import pytest
 import torch
@@ -215,19 +216,59 @@ def test_two_runs_in_one_process_each_count_steps_from_zero(project):
     assert first == second
 
 
-def test_dtype_auto_takes_bfloat16_only_where_the_cpu_has_bf16_units(project):
-    # The CPU's own flags decide: AVX512-BF16 or AMX multiply bf16 in hardware; without them
-    # bf16 is emulated and slower than fp32, and `auto` must not pick it.
-    flags = set()
-    for line in open('/proc/cpuinfo'):
-        if line.startswith('flags'):
-            flags = set(line.split(':', 1)[1].split())
-            break
-    expected = torch.bfloat16 if flags & {'avx512_bf16', 'amx_bf16'} else torch.float32
-    conf = train({**TINY, 'text': 'corpus.txt', 'epochs': 1, 'inner_iterations': 1, 'dtype': 'auto'}, name='auto')
+@pytest.mark.parametrize('flags, width, expected', [
+    (set(), 32, torch.float32),
+    (set(), 512, torch.float32),
+    # bf16 units, but a model too narrow for bf16 to pay
+    ({'avx512f', 'avx512_bf16'}, 32, torch.float32),
+    ({'avx512f', 'avx512_bf16'}, 512, torch.bfloat16),
+    ({'amx_bf16'}, 256, torch.bfloat16),
+    # AVX-512 alone emulates bf16
+    ({'avx512f'}, 512, torch.float32),
+])
+def test_dtype_auto_takes_bfloat16_where_it_pays(tiny_configs, monkeypatch, capsys, flags, width, expected):
+    from gpt_experiment import configs
+    monkeypatch.setattr(configs, 'cpu_flags', lambda: flags)
+    conf = tiny_configs(**{'transformer.d_model': width, 'transformer.n_heads': 2})
     assert conf.dtype == expected
-    # the run records what was asked for, and trained in what was taken
+    # the log says which it took, and why
+    out = re.sub(r'\x1b\[[0-9;]*m', '', capsys.readouterr().out)
+    assert f'dtype=auto: {str(expected)[6:]} (' in out
+
+
+def test_dtype_auto_is_the_default_and_the_run_records_it(project):
+    conf = train({**TINY, 'text': 'corpus.txt', 'epochs': 1, 'inner_iterations': 1}, name='auto')
+    # TINY is 32 wide: fp32 whatever this CPU has
+    assert conf.dtype == torch.float32
     (run,) = run_dirs(project, 'auto')
     recorded = yaml.safe_load((run / 'configs.yaml').read_text())['dtype']
-    assert recorded['value'] == 'auto' and recorded['computed'] == str(expected)
+    assert recorded['computed'] == 'torch.float32'
+    assert yaml.safe_load((run / 'configs.yaml').read_text())['compile']['computed'] is False
     assert checkpoint_steps(run)
+
+
+def test_compile_auto_is_eager_on_a_cpu_and_a_failing_compiler_is_one_line(tiny_configs, monkeypatch, capsys):
+    assert tiny_configs().compile is False
+
+    class Broken(torch.nn.Module):
+        def __init__(self, model):
+            super().__init__()
+
+        def forward(self, x):
+            raise RuntimeError('no C compiler found')
+    monkeypatch.setattr(torch, 'compile', lambda model, **kwargs: Broken(model))
+    x, y, _ = next(tiny_configs().train_loader.epoch(0))
+    # compile=true, asked for: the run stops in one line
+    with pytest.raises(UserError, match=r'compile=true: torch.compile failed \(RuntimeError: no C compiler found\)'):
+        tiny_configs(compile='true').train_step(x, y)
+    # compile=auto (here made to compile): one line, and the step trains eagerly, as without compiling
+    from gpt_experiment import labml_glue, trainer
+    eager, fallback = tiny_configs(compile='false'), tiny_configs(compile='true')
+    fallback.model.load_state_dict(eager.model.state_dict())
+    monkeypatch.setattr(labml_glue, 'chosen_value', lambda configs, key: 'auto')
+    capsys.readouterr()
+    eager.train_step(x, y)
+    fallback.train_step(x, y)
+    assert 'compile=auto: torch.compile failed (RuntimeError: no C compiler found); training eagerly' in \
+        capsys.readouterr().out
+    assert all(torch.equal(a, b) for a, b in zip(eager.model.parameters(), fallback.model.parameters()))

@@ -16,7 +16,7 @@ from gpt_experiment.trainer import Trainer
 from gpt_experiment.main import run
 from gpt_experiment import train
 
-from conftest import PARAGRAPH, TINY, read_scalars, run_dirs
+from conftest import PARAGRAPH, TINY, read_scalars, run_dirs, weights
 
 # The source: the tiny model, pretrained on the project's corpus (the paragraph, repeated).
 PRETRAIN = {**TINY, 'text': 'corpus.txt', 'inner_iterations': 1, 'sample_tokens': 2, 'learning_rate': 3e-3,
@@ -63,7 +63,7 @@ def test_finetune_starts_from_the_source_weights_and_nothing_else(project, monke
     (tuned,) = run_dirs(project, 'tuned')
 
     # the weights at step 0 are the source checkpoint's, exactly
-    saved = torch.load(runs.find_checkpoint(source) / 'model.pth', weights_only=True)
+    saved = weights(runs.find_checkpoint(source))
     assert seen['weights'].keys() == saved.keys()
     for k in saved:
         assert torch.equal(seen['weights'][k], saved[k]), k
@@ -114,7 +114,7 @@ BAD = [
     (['init_from=nosuchrun'], ["error: init_from: no run 'nosuchrun'"]),
     (['init_from={run}:12'], ['has no checkpoint at step 12']),
     (['init_from={run}:last'], ['the step after ":" must be a checkpoint step']),
-    (['init_from={damaged}'], ['model.pth is truncated']),
+    (['init_from={damaged}'], ['model.safetensors is truncated']),
     (['init_from={run}', 'transformer.d_model=64'],
      ["transformer.d_model=64 contradicts run {run}, which has transformer.d_model=32: "
       "init_from takes the model's shape from the source run"]),
@@ -132,7 +132,7 @@ def test_bad_init_from_is_one_line(project, capsys):
     # a copy of the source whose model file is cut in half
     damaged = source.parent / (source.name[:-4] + 'dead')
     shutil.copytree(source, damaged)
-    model = runs.find_checkpoint(damaged) / 'model.pth'
+    model = runs.find_checkpoint(damaged) / 'model.safetensors'
     model.write_bytes(model.read_bytes()[:model.stat().st_size // 2])
 
     for extra, fragments in BAD:

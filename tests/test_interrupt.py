@@ -24,7 +24,7 @@ from gpt_experiment.main import run
 from gpt_experiment.runs import find_checkpoint
 from gpt_experiment import train
 
-from conftest import REPO_ROOT, TINY, checkpoint_steps, read_scalars, run_dirs, write_project
+from conftest import REPO_ROOT, TINY, checkpoint_steps, read_scalars, run_dirs, write_project, weights
 
 ARGS = {**TINY, 'text': 'corpus.txt', 'inner_iterations': 1, 'sample_tokens': 2, 'log_interval': 5}
 
@@ -75,7 +75,7 @@ def test_a_signal_saves_a_checkpoint_after_the_step_and_exits(tmp_path, sig, sta
     # The newest checkpoint is the step it stopped at: the last one trained and reported.
     stopped = read_scalars(run_dir, 'loss.train')[-1][0]
     assert checkpoint_steps(run_dir)[-1] == stopped
-    state = torch.load(find_checkpoint(run_dir) / 'model.pth', weights_only=True)
+    state = weights(find_checkpoint(run_dir))
     assert 'generator.projection.weight' in state
     assert 'loss' not in _indicators(run_dir)
 
@@ -128,7 +128,7 @@ def test_a_checkpoint_every_checkpoint_minutes(project, monkeypatch):
     monkeypatch.setattr(trainer, 'time', types.SimpleNamespace(monotonic=lambda: clock[0],
                                                                perf_counter=time.perf_counter))
 
-    train({**ARGS, 'epochs': 1, 'checkpoint_minutes': 3}, name='timed', writers='sqlite')
+    train({**ARGS, 'epochs': 1, 'checkpoint_minutes': 3, 'keep_checkpoints': 0}, name='timed', writers='sqlite')
     steps = checkpoint_steps(run_dirs(project, 'timed')[0])
     # every third step of 128 tokens, and the end of the epoch
     assert steps[:-1] == [3 * 128 * k for k in range(1, len(steps))] and len(steps) >= 10
@@ -160,7 +160,7 @@ def test_a_full_disk_is_one_line_and_keeps_the_last_checkpoint(project, monkeypa
 
 
 def test_unwritable_logs_and_names_outside_logs_are_one_line(project, capsys):
-    for name in ('../x', '/abs', '.hidden', 'a/b'):
+    for name in ('../x', '/abs', '.hidden', 'a/b', 'two\nlines', 'tab\there'):
         capsys.readouterr()
         assert run(['text=corpus.txt', '--name', name]) == 2
         err = capsys.readouterr().err.strip().splitlines()
@@ -285,3 +285,26 @@ def test_kill_9_after_a_timed_checkpoint_resumes_exactly(tmp_path, monkeypatch):
         torch.set_num_threads(threads)
     a, b = resumed.model.state_dict(), straight.model.state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_out_of_memory_is_one_line_that_names_a_micro_batch_and_keeps_the_checkpoint(project, monkeypatch, capsys):
+    from gpt_experiment.model import GPT
+    real, calls = GPT.forward, []
+
+    def forward(self, x):
+        if torch.is_grad_enabled():
+            calls.append(1)
+            # the 40th training step, in the second epoch
+            if len(calls) == 40:
+                raise torch.OutOfMemoryError('CUDA out of memory. Tried to allocate 20.00 GiB')
+        return real(self, x)
+    monkeypatch.setattr(GPT, 'forward', forward)
+    args = [f'{k}={v}' for k, v in ARGS.items()] + ['epochs=3', '--name', 'oom', '--writers', 'sqlite']
+    capsys.readouterr()
+    assert run(args) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ['error: out of memory in a forward and backward pass of 8 windows; try micro_batch_size=4']
+    (run_dir,) = run_dirs(project, 'oom')
+    # the first epoch's checkpoint, whole
+    (step,) = checkpoint_steps(run_dir)
+    assert weights(find_checkpoint(run_dir)) and step == 259 * 16

@@ -55,6 +55,11 @@ def test_only_working_tokenizers_and_loaders_are_offered(keys):
     ('prompt', 42, '42'),
     ('optimizer.betas', '[0.9, 0.99]', (0.9, 0.99)),
     ('optimizer.betas', [0.8, 0.9], (0.8, 0.9)),
+    # as Python writes a tuple
+    ('optimizer.betas', '(0.9, 0.95)', (0.9, 0.95)),
+    # YAML's booleans for an option whose names are true and false
+    ('compile', True, 'true'),
+    ('compile', 'false', 'false'),
 ])
 def test_values_are_parsed_to_the_declared_type(key, value, expected):
     parsed = check_overrides(Configs, {key: value})

@@ -20,7 +20,7 @@ from gpt_experiment.runs import find_checkpoint
 from gpt_experiment.main import run
 from gpt_experiment import train
 
-from conftest import REPO_ROOT, TINY, checkpoint_steps, read_scalars, run_dirs, write_project
+from conftest import REPO_ROOT, TINY, checkpoint_steps, read_scalars, run_dirs, write_project, weights
 
 # Dropout on, so that resuming must restore the random generators too; every step reports its
 # learning rate; two stretches an epoch, each with its sample and validation. An epoch of the
@@ -181,7 +181,7 @@ def test_nan_loss_stops_before_saving(project, monkeypatch, capsys):
     # one whole epoch (and its checkpoint), then the 5th step of the next one is named
     assert len(steps) == 1
     assert f'at step {steps[0] + 5 * 8 * 16:,} ' in err[0]
-    state = torch.load(find_checkpoint(run_dir) / 'model.pth', weights_only=True)
+    state = weights(find_checkpoint(run_dir))
     assert all(torch.isfinite(v).all() for v in state.values())
     assert not list(run_dir.glob('.checkpoint-*'))
 
@@ -237,8 +237,8 @@ def test_kill_9_mid_checkpoint_leaves_the_previous_one(tmp_path, monkeypatch):
     steps = checkpoint_steps(run_dir)
     assert len(steps) == 1
     assert find_checkpoint(run_dir) == run_dir / 'checkpoints' / str(steps[0])
-    for f in ('model.pth', 'training.pth'):
-        torch.load(find_checkpoint(run_dir) / f, weights_only=True)
+    weights(find_checkpoint(run_dir))
+    torch.load(find_checkpoint(run_dir) / 'training.pth', weights_only=True)
 
     # and --resume continues from it
     monkeypatch.chdir(project)
@@ -255,7 +255,7 @@ BAD_RESUMES = [
     (['--checkpoint', '5'], ['--checkpoint needs --resume']),
     (['--resume', '{run}', '--checkpoint', '7'], ['no checkpoint at step 7']),
     (['--resume', '{run}', '--checkpoint', 'x'], ["argument --checkpoint: invalid int value: 'x'"]),
-    (['--resume', '{truncated}'], ['model.pth is truncated', 'no complete checkpoint before it']),
+    (['--resume', '{truncated}'], ['model.safetensors is truncated', 'no complete checkpoint before it']),
     (['--resume', '{run}', 'epochs=1'], ['has done 1 of epochs=1']),
     (['--resume', '{run}', 'transformer.n_layers=2'], ['transformer.n_layers=2 contradicts run',
                                                        'a resumed run keeps its model']),
@@ -268,7 +268,7 @@ def test_bad_resume_is_one_line(project, capsys):
     # a copy of the run whose model file is cut in half
     truncated = parent.parent / (parent.name + 'copy')
     shutil.copytree(parent, truncated)
-    model = find_checkpoint(truncated) / 'model.pth'
+    model = find_checkpoint(truncated) / 'model.safetensors'
     model.write_bytes(model.read_bytes()[:model.stat().st_size // 2])
 
     for extra, fragments in BAD_RESUMES:

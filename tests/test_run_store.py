@@ -11,16 +11,18 @@ import sys
 
 import pytest
 import torch
+import yaml
 
 from gpt_experiment import UserError, runs
 from gpt_experiment.checkpoints import load_tensors
+from gpt_experiment.evaluate import run as evaluate_run
 from gpt_experiment.generate import run as generate_run
 from gpt_experiment.main import run as main_run
 from gpt_experiment.reports import main as runs_main
 from gpt_experiment.runs import load_yaml
 from gpt_experiment import train
 
-from conftest import REPO_ROOT, TINY, run_dirs
+from conftest import REPO_ROOT, TINY, run_dirs, weights, write_project
 
 SMALL = {**TINY, 'text': 'corpus.txt', 'epochs': 1, 'inner_iterations': 1, 'sample_tokens': 2}
 
@@ -114,9 +116,20 @@ def test_loading_never_runs_code_whatever_torch_is_told(tmp_path, monkeypatch):
     assert not marker.exists()
 
 
+@pytest.fixture(scope='module')
+def trained_once(tmp_path_factory):
+    """One small run, trained once for the module in a project of its own."""
+    project = write_project(tmp_path_factory.mktemp('store'))
+    with pytest.MonkeyPatch.context() as m:
+        m.chdir(project)
+        train(dict(SMALL), name='store')
+    return project
+
+
 @pytest.fixture
-def trained(project):
-    train(dict(SMALL), name='store')
+def trained(trained_once, project):
+    """A copy of that run in this test's project."""
+    shutil.copytree(trained_once / 'logs', project / 'logs')
     return run_dirs(project, 'store')[0]
 
 
@@ -136,9 +149,11 @@ def test_generate_never_runs_code_from_a_run_folder(trained, project):
     evil_configs = _copy(trained, 'yaml')
     (evil_configs / 'configs.yaml').write_text(f'x: !!python/object/apply:os.system ["touch {marker}"]\n')
     ckpt = runs.find_checkpoint(trained)
+    # weights as a checkpoint saved before safetensors has them: a pickle, read with weights_only
     torch.save({'w': Payload(marker)}, ckpt / 'model.pth')
     # with the size the index records, so that the checkpoint is complete and the file is read
     info = json.loads((ckpt / 'info.json').read_text())
+    info['model'] = 'model.pth'
     info['bytes']['model.pth'] = (ckpt / 'model.pth').stat().st_size
     (ckpt / 'info.json').write_text(json.dumps(info))
     for run, file in ((trained, 'model.pth'), (evil_configs, 'configs.yaml')):
@@ -151,35 +166,61 @@ def test_generate_never_runs_code_from_a_run_folder(trained, project):
         assert not marker.exists()
 
 
-def _damage(run, file):
-    """Truncate, garble or remove one file of a run."""
-    path = runs.find_checkpoint(run) / file if file.endswith('.pth') else run / file
-    if file == 'model.pth':
-        path.write_bytes(path.read_bytes()[:100])
-    elif file == 'training.pth':
-        path.unlink()
-    elif file == 'tokenizer.json':
-        path.write_text('{"kind": "character", "itos": ')
-    else:
-        path.write_text('- [unclosed\n')
-    return path
+def _configs(run, change):
+    configs = yaml.safe_load((run / 'configs.yaml').read_text())
+    change(configs)
+    (run / 'configs.yaml').write_text(yaml.safe_dump(configs))
 
 
-# Every file a run needs, and the commands that read it
-DAMAGED = [('model.pth', ('generate', 'resume')), ('training.pth', ('resume',)),
-           ('configs.yaml', ('generate', 'resume')), ('run.yaml', ('generate', 'resume', 'runs')),
-           ('tokenizer.json', ('generate', 'resume'))]
+# Every way a file a run needs can be damaged, and the commands that read it
+DAMAGES = {
+    'model.safetensors truncated': ('model.safetensors', ('generate', 'evaluate', 'resume'),
+                                    lambda run: _cut(runs.find_checkpoint(run) / 'model.safetensors')),
+    'training.pth gone': ('training.pth', ('resume',), lambda run: (runs.find_checkpoint(run) / 'training.pth').unlink()),
+    'configs.yaml not YAML': ('configs.yaml', ('generate', 'evaluate', 'resume'),
+                              lambda run: (run / 'configs.yaml').write_text('- [unclosed\n')),
+    'configs.yaml a value of the wrong type': ('configs.yaml', ('generate', 'evaluate', 'resume'), lambda run: _configs(
+        run, lambda c: c['seq_len'].update(value='sixteen', is_explicitly_specified=True))),
+    'configs.yaml an unknown key': ('configs.yaml', ('generate', 'evaluate', 'resume'), lambda run: _configs(
+        run, lambda c: c.update(no_such_key={'value': 1, 'is_explicitly_specified': True}))),
+    'configs.yaml a FIFO': ('configs.yaml', ('generate', 'evaluate', 'resume'), lambda run: (
+        (run / 'configs.yaml').unlink(), os.mkfifo(run / 'configs.yaml'))),
+    'configs.yaml a link out of the run': ('configs.yaml', ('generate', 'evaluate', 'resume'), lambda run: (
+        shutil.move(run / 'configs.yaml', run.parent.parent / 'elsewhere.yaml'),
+        (run / 'configs.yaml').symlink_to(run.parent.parent / 'elsewhere.yaml'))),
+    'run.yaml not YAML': ('run.yaml', ('generate', 'evaluate', 'resume', 'runs'),
+                          lambda run: (run / 'run.yaml').write_text('- [unclosed\n')),
+    'run.yaml a bad field': ('run.yaml', ('runs',), lambda run: (run / 'run.yaml').write_text(
+        (run / 'run.yaml').read_text() + 'start_step: many\n')),
+    'run.yaml /dev/zero': ('run.yaml', ('generate', 'runs'), lambda run: (
+        (run / 'run.yaml').unlink(), (run / 'run.yaml').symlink_to('/dev/zero'))),
+    'run_log.jsonl a bad line': ('run_log.jsonl', ('runs',), lambda run: (run / 'run_log.jsonl').write_text('{"x": \n')),
+    'tokenizer.json not JSON': ('tokenizer.json', ('generate', 'evaluate', 'resume'),
+                                lambda run: (run / 'tokenizer.json').write_text('{"kind": "character", "itos": ')),
+    # another vocabulary than the model's: the weights do not fit the model it builds
+    'tokenizer.json another vocabulary': ('tokenizer.json', ('generate', 'evaluate'), lambda run: (
+        run / 'tokenizer.json').write_text(json.dumps({'kind': 'character', 'itos': list('abc')}))),
+}
 
 
-def test_a_damaged_file_is_one_line_naming_it_in_every_command(trained, project, capsys):
+def _cut(path):
+    path.write_bytes(path.read_bytes()[:100])
+
+
+@pytest.mark.parametrize('damage', DAMAGES, ids=DAMAGES)
+def test_a_damaged_file_is_one_line_naming_it_in_every_command(trained, project, capsys, damage):
+    file, commands, do = DAMAGES[damage]
     good = _copy(trained, 'good')
-    for i, (file, commands) in enumerate(DAMAGED):
+    (project / 'held_out.txt').write_text('It is a lazy day.\n', encoding='utf-8')
+    for i in [0]:
         run = _copy(trained, f'd{i}')
-        _damage(run, file)
+        do(run)
         for command in commands:
             capsys.readouterr()
             if command == 'generate':
                 rc = generate_run(['--run', run.name, '--prompt', 'It is', '--max-new-tokens', '2'])
+            elif command == 'evaluate':
+                rc = evaluate_run(['--run', run.name, '--text', 'held_out.txt'])
             elif command == 'resume':
                 rc = main_run(['--resume', run.name, 'epochs=2'])
             else:
@@ -191,7 +232,6 @@ def test_a_damaged_file_is_one_line_naming_it_in_every_command(trained, project,
                 assert rc == 0 and err[0].startswith('warning: skipping run store/')
             else:
                 assert rc == 2 and err[0].startswith('error: '), (file, command, err)
-        shutil.rmtree(run)
     capsys.readouterr()
     assert runs_main([]) == 0
     out = capsys.readouterr().out
@@ -208,3 +248,34 @@ def test_resume_and_generate_take_the_same_prefix_and_checkpoint(trained, projec
     assert runs.run_info(child)['load_run'] == trained.name
     assert runs.checkpoint_steps(child) == [2 * step]
     assert conf.epochs == 2
+
+
+def test_a_checkpoint_saved_before_safetensors_still_generates(trained, project, capsys):
+    """Its weights were `model.pth`, with labml_nn's 5,000-row fixed positional table in them."""
+    ckpt = runs.find_checkpoint(trained)
+    state = weights(ckpt)
+    import labml_nn.transformers.positional_encoding as pe
+    state['src_embed.positional_encodings'] = pe.get_positional_encoding(TINY['transformer.d_model'], 5000)
+    torch.save(state, ckpt / 'model.pth')
+    (ckpt / 'model.safetensors').unlink()
+    # the training state as it was then: no format, and epochs done
+    torch.save({'optimizer': {}, 'epochs_done': 1}, ckpt / 'training.pth')
+    (ckpt / 'info.json').write_text(json.dumps({'model': 'model.pth', 'training': 'training.pth'}))
+    capsys.readouterr()
+    assert generate_run(['--run', trained.name, '--prompt', 'It is', '--max-new-tokens', '3',
+                         '--temperature', '0']) == 0, capsys.readouterr().err
+    assert capsys.readouterr().out.startswith('It is')
+    # and it cannot be resumed (its training state is of another format): one line that says what can be done
+    assert main_run(['--resume', trained.name, 'epochs=2']) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and 'earlier version' in err[0] and 'init_from=' in err[0]
+
+
+def test_without_its_training_state_a_checkpoint_generates_but_is_not_resumed(trained, project, capsys):
+    (runs.find_checkpoint(trained) / 'training.pth').unlink()
+    assert runs.checkpoint_steps(trained)
+    capsys.readouterr()
+    assert generate_run(['--run', trained.name, '--prompt', 'It is', '--max-new-tokens', '3']) == 0
+    assert main_run(['--resume', trained.name, 'epochs=2']) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and 'cannot be resumed' in err[0] and 'training.pth' in err[0]

@@ -14,7 +14,7 @@ from gpt_experiment import Configs
 # package attribute once imported; take the function from where it is defined.
 from gpt_experiment import train
 
-from conftest import CORPUS, REPO_ROOT, TINY, checkpoint_steps, make_configs, read_scalars, run_cli, run_dirs, write_project
+from conftest import CORPUS, REPO_ROOT, TINY, checkpoint_steps, make_configs, read_scalars, run_cli, run_dirs, write_project, weights
 
 # A tiny model, a short warm-up and a high learning rate: the repeated paragraph is learnt fast.
 E2E = {**TINY, 'text': 'corpus.txt', 'epochs': 3, 'inner_iterations': 1, 'learning_rate': 5e-3,
@@ -51,8 +51,7 @@ def test_short_run_lowers_the_loss_and_saves_a_loadable_checkpoint(project):
     # A checkpoint of the final model, at the last step.
     steps = checkpoint_steps(run)
     assert steps, f'no checkpoint under {run / "checkpoints"}'
-    last = run / 'checkpoints' / str(steps[-1]) / 'model.pth'
-    state = torch.load(last, map_location='cpu', weights_only=True)
+    state = weights(run / 'checkpoints' / str(steps[-1]))
 
     # A fresh model from fresh configs with the same overrides starts elsewhere...
     fresh = make_configs(dict(E2E)).model
@@ -89,7 +88,7 @@ def test_command_line_trains_from_a_preset(tmp_path):
     # labml's global step counts tokens: one epoch of 16-token windows
     expected_step = _tokens_per_epoch(16)
     assert checkpoint_steps(runs[0])[-1] == expected_step
-    assert (runs[0] / 'checkpoints' / str(expected_step) / 'model.pth').is_file()
+    assert (runs[0] / 'checkpoints' / str(expected_step) / 'model.safetensors').is_file()
 
     configs = yaml.safe_load((runs[0] / 'configs.yaml').read_text(encoding='utf-8'))
     assert configs['transformer.n_layers']['computed'] == 1
@@ -98,8 +97,7 @@ def test_command_line_trains_from_a_preset(tmp_path):
     assert configs['d_model']['computed'] == 32
     assert configs['epochs']['computed'] == 1
     # one layer: the checkpoint has layer 0 and no layer 1
-    state = torch.load(runs[0] / 'checkpoints' / str(expected_step) / 'model.pth', map_location='cpu',
-                       weights_only=True)
+    state = weights(runs[0] / 'checkpoints' / str(expected_step))
     assert any(k.startswith('encoder.layers.0.') for k in state)
     assert not any(k.startswith('encoder.layers.1.') for k in state)
 
