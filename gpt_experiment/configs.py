@@ -198,8 +198,7 @@ def auto_dtype(device: torch.device, width: int) -> tuple:
     if not has_bf16_units(device):
         return torch.float32, f'the {device.type} has no bf16 units'
     if device.type == 'cpu' and width < CPU_BF16_FROM_WIDTH:
-        return torch.float32, (f'the CPU has bf16 units, but at {width} wide bf16 is slower here than fp32 '
-                               f'(it pays from {CPU_BF16_FROM_WIDTH})')
+        return torch.float32, f'on a CPU bf16 pays from {CPU_BF16_FROM_WIDTH} wide; the model is {width}'
     return torch.bfloat16, f'the {device.type} has bf16 units' + (
         f' and the model is {width} wide' if device.type == 'cpu' else '')
 

@@ -129,6 +129,8 @@ class Trainer(NLPAutoRegressionConfigs):
     _last_valid: Optional[Tuple[int, float]] = None
     # `train_model` through `torch.compile`, made at the first step; `False` once it failed
     _compiled = None
+    # What shows the training's progress ([console](console.html)), if anything
+    _display: Optional[console.Display] = None
 
     def __init__(self, **kwargs):
         super().__init__(**kwargs)
@@ -147,15 +149,22 @@ class Trainer(NLPAutoRegressionConfigs):
 
     # ## The loop
 
-    def run(self):
-        """Train from where the run stands to the end of the last epoch."""
+    def run(self, display: Optional[console.Display] = None):
+        """Train from where the run stands to the end of the last epoch, showing it on `display`."""
         self.init()
         tracker.set_global_step(self._position.tokens)
         self._timer = Timer(self.checkpoint_minutes)
-        with StopRequests() as self._stop:
-            while self._position.epoch < self.epochs:
-                self.run_epoch()
-        self._stop = None
+        self._display = display
+        console.show(display)
+        try:
+            with StopRequests() as self._stop:
+                while self._position.epoch < self.epochs:
+                    self.run_epoch()
+        finally:
+            self._stop = None
+            console.show(None)
+            if display is not None:
+                display.close()
 
     def run_epoch(self):
         """The stretches of an epoch, each with its sample before and validation after; then a checkpoint."""
@@ -173,12 +182,19 @@ class Trainer(NLPAutoRegressionConfigs):
             self.validate(k)
             p.phase = SAMPLE
             tracker.save()
-            tracker.new_line()
         # The epoch is done: the next one starts at its first window.
         self._position = Position(epoch=p.epoch + 1, tokens=p.tokens)
         if self.is_save_models:
             experiment.save_checkpoint()
             self._timer.restart()
+
+    def tokens_trained(self) -> int:
+        """The tokens trained on so far, of all the processes."""
+        return self._position.tokens
+
+    def finished(self) -> bool:
+        """Whether every epoch is done."""
+        return self._position.epoch >= self.epochs
 
     def stretch_ends(self) -> List[int]:
         """
@@ -298,6 +314,8 @@ class Trainer(NLPAutoRegressionConfigs):
             values = metrics.report(self.device, 'valid')
             self._last_valid = (p.tokens, values['loss.valid'])
             tracker.add(values)
+            if self._display is not None:
+                self._display.validation(p.tokens, p.epoch, values)
 
     def sample(self):
         """Greedy continuation of the prompt, printed and tracked as `sampled` (by rank 0)."""
@@ -321,11 +339,11 @@ class Trainer(NLPAutoRegressionConfigs):
         metrics, self._metrics = self._metrics, None
         if metrics is None or not metrics.steps:
             return
-        tracker.add(metrics.report(self.device, 'train'))
-        tracker.add('lr', self.optimizer.param_groups[0]['lr'])
-        # Piped, each report is one line of the log ([console](console.html)).
-        with console.report_line():
-            tracker.save()
+        values = {**metrics.report(self.device, 'train'), 'lr': self.optimizer.param_groups[0]['lr']}
+        tracker.add(values)
+        tracker.save()
+        if self._display is not None:
+            self._display.report(self._position.tokens, self._position.epoch, values)
 
     def stop_or_save(self):
         """

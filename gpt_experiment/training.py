@@ -34,6 +34,7 @@ Where tracked values go is labml's writers: `screen` (the console), `sqlite` (th
 
 import contextlib
 import importlib.util
+import sys
 import time
 from pathlib import Path
 from typing import Any, Dict, Iterable, NamedTuple, Optional, Set, Union
@@ -168,9 +169,10 @@ def train(overrides: Optional[Dict[str, Any]] = None, *, name: Optional[str] = N
     world = distributed.setup()
     # A resumed run goes beside its parent, under its experiment's name.
     name = name or (start.run.parent.name if start is not None and start.state is not None else 'gpt')
+    # `screen` is the display of the trainer's progress ([console](console.html)), not labml's own
     experiment.create(name=name, comment=comment, python_file=python_file, uuid=distributed.shared_uuid(),
                       distributed_rank=world.rank, distributed_world_size=world.size if world.is_distributed else 0,
-                      writers=writers if world.is_main else set())
+                      writers=writers - {'screen'} if world.is_main else set())
     with contextlib.ExitStack() as held:
         if start is not None:
             # the checkpoint is not pruned away while this run reads it
@@ -194,7 +196,7 @@ def train(overrides: Optional[Dict[str, Any]] = None, *, name: Optional[str] = N
     # The dashboard, when one is configured and answers ([dashboard](dashboard.html)).
     dashboard_api = dashboard.connect(writers if world.is_main else set())
     run_uuid, run_path = labml_glue.run_uuid(), labml_glue.run_path()
-    started, ended = time.time(), None
+    started, ended, extras = time.time(), None, None
     try:
         with labml_glue.start(parent=start.name.split(':')[0] if step is not None else None, step=step or 0,
                               daemon_sender=dashboard_api is not None):
@@ -208,15 +210,21 @@ def train(overrides: Optional[Dict[str, Any]] = None, *, name: Optional[str] = N
                 if start is not None and start.state is None:
                     logger.log([('Initialised from: ', Text.key), (f'run {start.name}', Text.value)])
                 if 'tensorboard' in writers:
-                    labml_glue.add_tracker_writer(TensorBoardExtras(run_path / 'tensorboard', labml_glue.run_configs()))
-            conf.run()
+                    extras = TensorBoardExtras(run_path / 'tensorboard', labml_glue.run_configs())
+                    labml_glue.add_tracker_writer(extras)
+            display = console.Display(live=sys.stdout.isatty(), total=conf.schedule.total,
+                                      start=conf.tokens_trained(), epochs=conf.epochs) \
+                if world.is_main and 'screen' in writers else None
+            conf.run(display)
     except KeyboardInterrupt as e:
         ended = e
         raise
     finally:
         seconds = time.time() - started
+        if extras is not None:
+            extras.close()
         page = dashboard.finish(dashboard_api, run_uuid)
-        if world.is_main and (ended is not None or conf._position.epoch >= conf.epochs):
+        if world.is_main and (ended is not None or conf.finished()):
             reports.summary(run_path, tokens=tracker.get_global_step() - (step or 0), seconds=seconds,
                             dashboard_url=page)
             if ended is not None and conf.is_save_models:
@@ -227,24 +235,34 @@ def train(overrides: Optional[Dict[str, Any]] = None, *, name: Optional[str] = N
 class TensorBoardExtras(labml_glue.TrackerWriter):
     """
     <a id="TensorBoardExtras"></a>
-    A labml writer for what its TensorBoard writer leaves out: the run's configs as
-    hyperparameters (TensorBoard's HPARAMS tab) and the sampled text (its TEXT tab).
+    A labml writer for what its TensorBoard writer leaves out: the sampled text (TensorBoard's
+    TEXT tab), and when the run ends, the run's configs as hyperparameters with the best and the
+    last validation loss as their metrics (its HPARAMS tab, where runs can be ranked by them).
     """
 
     def __init__(self, log_dir: Path, configs: Dict[str, Dict[str, Any]]):
         from torch.utils.tensorboard import SummaryWriter
         self.writer = SummaryWriter(str(log_dir))
-        # `run_name='.'` keeps them in the run's own folder (the default is a sub-folder)
-        self.writer.add_hparams(hyperparameters(configs), {}, run_name='.')
+        self.hparams = hyperparameters(configs)
+        self.valid_losses = []
 
     def write(self, *, global_step: int, indicators):
         for indicator in indicators.values():
             if isinstance(indicator, labml_glue.TextIndicator) and not indicator.is_empty():
                 for value in indicator.get_values().values():
                     self.writer.add_text(indicator.name, str(value), global_step)
+            elif indicator.name == 'loss.valid' and not indicator.is_empty():
+                self.valid_losses.append(float(indicator.get_mean()))
 
     def flush(self):
         self.writer.flush()
+
+    def close(self):
+        """The hyperparameters and their metrics; `run_name='.'` keeps them in the run's own folder."""
+        metrics = {'best_valid_loss': min(self.valid_losses), 'last_valid_loss': self.valid_losses[-1]} \
+            if self.valid_losses else {}
+        self.writer.add_hparams(self.hparams, metrics, run_name='.')
+        self.writer.close()
 
 
 def hyperparameters(configs: Dict[str, Dict[str, Any]]) -> Dict[str, Any]:

@@ -79,6 +79,9 @@ def test_tensorboard_writer_writes_events_tensorboard_reads(project):
     assert values['transformer.d_model'].number_value == TINY['transformer.d_model']
     assert values['epochs'].number_value == SHORT['epochs']
     assert values['text'].string_value == 'file' and values['text_file'].string_value == 'corpus.txt'
+    # with the best and the last validation loss as their metrics, to rank runs by
+    assert events.Scalars('best_valid_loss')[-1].value == pytest.approx(min(v for _, v in valid), rel=1e-6)
+    assert events.Scalars('last_valid_loss')[-1].value == pytest.approx(valid[-1][1], rel=1e-6)
 
 
 def test_outside_a_labml_project_runs_are_in_logs_of_the_current_folder(tmp_path):
