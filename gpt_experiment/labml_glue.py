@@ -97,10 +97,40 @@ def configured_dashboard_url() -> Optional[str]:
     return web_api.url if web_api is not None else None
 
 
+def set_dashboard_url(url: str):
+    """
+    Send to the dashboard at `url` instead (after `experiment.create`, before
+    `experiment.start`, which builds labml's sender from it): labml keeps the `web_api` URL it
+    read from `.labml.yaml` or `labml_server` in its lab singleton, and has no setter for it.
+    """
+    from labml.internal.lab import lab_singleton
+    lab_singleton().web_api.url = url
+
+
 def app_folder() -> Path:
     """labml's configuration folder, `~/.labml/app`."""
     from labml.internal.computer.configs import computer_singleton
     return Path(computer_singleton().app_folder)
+
+
+# The dashboard app this was written against (`gpt_experiment[dashboard]` pins it).
+LABML_APP_VERSION = '0.0.102'
+
+
+def dashboard_app(host: str, port: int) -> Tuple[Any, Path]:
+    """
+    labml-app's ASGI application (`labml_app.flask_app:app`, what `labml app-server` hands to
+    gunicorn) and the folder its catch-all route serves files from (`STATIC_PATH`, a module
+    constant of the same module). Importing it starts the app: it reads the address it is
+    served at from two environment variables (`labml_app.settings`, for the run pages' URLs it
+    gives back to runs and for its CORS origins), opens its database under `~/.labml/app/data`
+    and its log, `labml_app.log`, in the current directory.
+    """
+    import os
+    os.environ['LABML_APP_SERVER_IP'] = host
+    os.environ['LABML_APP_SERVER_PORT'] = str(port)
+    from labml_app import flask_app
+    return flask_app.app, Path(flask_app.STATIC_PATH)
 
 
 def configs_registry(configs: BaseConfigs) -> Tuple[Dict[str, Any], Dict[str, Any], Dict[str, Dict], Dict[str, Any]]:

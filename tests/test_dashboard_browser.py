@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from conftest import REPO_ROOT, TINY, run_cli, write_project
-from dashboard_helpers import running_dashboard
+from dashboard_helpers import dashboard_token, running_dashboard
 
 # The dashboard and a browser.
 pytestmark = pytest.mark.slow
@@ -66,7 +66,7 @@ def _route(base: str):
     return handle
 
 
-def test_a_run_shows_its_metrics_and_configs_on_the_dashboard(tmp_path):
+def test_a_run_shows_its_metrics_and_configs_on_the_dashboard(tmp_path, monkeypatch):
     reason = _browser_missing()
     if reason and os.environ.get('GPT_EXPERIMENT_REQUIRE_BROWSER') == '1':
         pytest.fail(reason)  # CI installs all of it: a skip there would hide a broken install
@@ -76,10 +76,12 @@ def test_a_run_shows_its_metrics_and_configs_on_the_dashboard(tmp_path):
 
     with running_dashboard(tmp_path / 'home', tmp_path / 'dashboard.log') as base:
         assert f'labml dashboard: {base}/' in (tmp_path / 'dashboard.log').read_text()
-        # The project points labml at the dashboard through `.labml.yaml`.
+        # The project points labml at the dashboard through `.labml.yaml`; the run's writes carry
+        # the dashboard's token, given here as it is to a run on another machine.
         project = write_project(tmp_path / 'project')
         with open(project / '.labml.yaml', 'a') as f:
             f.write(f'web_api: {base}/api/v1/track?\nweb_api_open_browser: false\n')
+        monkeypatch.setenv('GPT_DASHBOARD_TOKEN', dashboard_token(tmp_path / 'home'))
         result = run_cli(['text=corpus.txt', *(f'{k}={v}' for k, v in OVERRIDES.items())], cwd=project)
         assert result.returncode == 0, result.stderr[-3000:]
         assert 'not reached' not in result.stdout
