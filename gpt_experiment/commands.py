@@ -19,6 +19,7 @@ answers at once, and Ctrl-C or SIGTERM during those imports is one line too.
 
 import argparse
 import functools
+import os
 import signal
 import sys
 import threading
@@ -48,18 +49,27 @@ def command(body: Callable[..., Optional[int]]) -> Callable[..., int]:
         # (signals can be handled only by the main thread)
         main = threading.current_thread() is threading.main_thread()
         before = signal.signal(signal.SIGTERM, _terminated) if main else None
+        # One of several processes (torchrun's `RANK`): rank 0 speaks for the run, the others
+        # name themselves when they have something of their own to say.
+        rank = os.environ.get('RANK', '0')
+        who = '' if rank == '0' else f'rank {rank}: '
         try:
             return body(*args, **kwargs) or 0
         except UserError as e:
-            print(f'error: {e}', file=sys.stderr)
+            print(f'{who}error: {e}', file=sys.stderr)
             return 2
         except LossNotFinite as e:
-            print(f'error: {e}; stopped without saving, the last checkpoint is kept', file=sys.stderr)
+            print(f'{who}error: {e}; stopped without saving, the last checkpoint is kept', file=sys.stderr)
             return 3
+        except BrokenPipeError:
+            # the reader of our output is gone (`gpt-train --help | head`): nothing more to say
+            sys.stdout = open(os.devnull, 'w')
+            return 0
         except KeyboardInterrupt as e:
             # 130 for Ctrl-C, 143 for SIGTERM, as a shell reports a process stopped by the signal
             status = 128 + getattr(e, 'signum', signal.SIGINT)
-            print('interrupted' if status == 130 else 'terminated', file=sys.stderr)
+            if not who:
+                print('interrupted' if status == 130 else 'terminated', file=sys.stderr)
             return status
         finally:
             if main:

@@ -130,6 +130,17 @@ def agree_max(values: List[int]) -> List[int]:
     return t.tolist()
 
 
+def lost_a_rank(e: BaseException) -> bool:
+    """Whether `e` is a collective that failed because another process is gone."""
+    if not _world.is_distributed:
+        return False
+    if isinstance(e, dist.DistError):
+        return True
+    text = str(e)
+    return any(sign in text for sign in ('Connection closed by peer', 'Connection reset by peer', 'Broken pipe',
+                                         'gloo', 'NCCL'))
+
+
 def teardown():
     global _world, _control
     if dist.is_initialized():

@@ -33,6 +33,7 @@ import contextlib
 import itertools
 import math
 import random
+import re
 import signal
 import threading
 import time
@@ -160,6 +161,10 @@ class Trainer(NLPAutoRegressionConfigs):
             with StopRequests() as self._stop:
                 while self._position.epoch < self.epochs:
                     self.run_epoch()
+        except RuntimeError as e:
+            if not distributed.lost_a_rank(e):
+                raise
+            self.lost_a_rank(e)
         finally:
             self._stop = None
             console.show(None)
@@ -384,6 +389,21 @@ class Trainer(NLPAutoRegressionConfigs):
     def valid_loss_here(self) -> Optional[float]:
         """The validation loss at the step training stands at, if one was taken there (for pruning)."""
         return self._last_valid[1] if self._last_valid and self._last_valid[0] == self._position.tokens else None
+
+    def lost_a_rank(self, e: RuntimeError):
+        """
+        Another process is gone (`kill -9`, the OOM killer): what it should have sent never
+        came. Training stands between two optimizer steps (a collective fails before the step
+        it serves), and under DDP every replica holds the same weights: rank 0 saves its own,
+        and the run ends in one line.
+        """
+        saved = self.is_save_models and distributed.world().is_main
+        if saved:
+            experiment.save_checkpoint()
+        # (gloo's messages start with the source file they come from)
+        why = ' '.join(re.sub(r'\[[^\]]*\]', '', str(e)).split())[:100]
+        raise UserError(f'another process of the run is gone ({why}); '
+                        + (f'saved a checkpoint at step {self._position.tokens:,}' if saved else 'rank 0 saves'))
 
     # ## What a checkpoint holds besides the weights
 

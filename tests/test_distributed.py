@@ -10,6 +10,7 @@ import sqlite3
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -187,3 +188,54 @@ def test_two_nodes_on_loopback_match_one_process(tmp_path, monkeypatch):
     # one run: rank 0 of the two saved it
     assert [r.name.split('.')[1] for r in run_dirs(project, 'ddp')] == ['0', '1']
     assert checkpoint_steps(run_dirs(project, 'ddp')[0]) == [230 * 18]
+
+
+def _ranks(launcher_pid):
+    """`{rank: pid}` of the workers a launcher started (read from /proc)."""
+    found = {}
+    children = Path(f'/proc/{launcher_pid}/task/{launcher_pid}/children').read_text().split()
+    for pid in map(int, children):
+        try:
+            env = dict(kv.split('=', 1) for kv in Path(f'/proc/{pid}/environ').read_text().split('\0') if '=' in kv)
+        except OSError:
+            continue
+        if 'RANK' in env:
+            found[int(env['RANK'])] = pid
+    return found
+
+
+@pytest.mark.parametrize('kill', ['launcher', 'rank1'])
+def test_gpt_train_starts_the_ranks_and_ends_each_stop_in_one_line(tmp_path, kill):
+    """
+    `gpt-train --nproc-per-node 2`: SIGTERM to it (docker stop) is rank 0's checkpoint, one line
+    and 143, not torchrun's traceback and 1; `kill -9` of a rank leaves rank 0's replica saved.
+    """
+    project = write_project(tmp_path / 'project')
+    args = [f'{k}={v}' for k, v in {**DDP, 'epochs': 1000, 'log_interval': 1, 'checkpoint_minutes': 0}.items()]
+    env = dict(os.environ, PYTHONPATH=str(REPO_ROOT), OMP_NUM_THREADS='1')
+    proc = subprocess.Popen([sys.executable, '-m', 'gpt_experiment.main', '--nproc-per-node', '2', *args,
+                             '--name', 'ddp', '--writers', 'sqlite'], cwd=project, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        assert _wait_for(lambda: (runs := run_dirs(project, 'ddp')) and len(read_scalars_safe(runs[0])) >= 3,
+                         240, proc), proc.stderr.read()[-3000:] if proc.poll() is not None else 'no steps'
+        if kill == 'launcher':
+            proc.send_signal(signal.SIGTERM)
+        else:
+            os.kill(_ranks(proc.pid)[1], signal.SIGKILL)
+        _, stderr = proc.communicate(timeout=90)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    lines = stderr.strip().splitlines()
+    assert 'Traceback' not in stderr, stderr[-3000:]
+    if kill == 'launcher':
+        assert proc.returncode == 143 and lines == ['terminated']
+    else:
+        # rank 0's line (it heard of the loss from gloo, or was stopped by the launcher), then the launcher's
+        assert proc.returncode == 2 and len(lines) == 2, lines
+        assert lines[0] == 'terminated' or lines[0].startswith('error: another process of the run is gone (')
+        assert lines[1] == 'error: rank 1 died (SIGKILL); the others stopped, rank 0 saving a checkpoint'
+    rank0 = run_dirs(project, 'ddp')[0]
+    assert rank0.name.endswith('.0') and checkpoint_steps(rank0)
