@@ -6,8 +6,6 @@ that model's logits; the round trip keeps them; what has no twin is one line. Ev
 tokenizer here is made on the spot, tiny, with random weights: nothing is downloaded.
 """
 
-import json
-
 import pytest
 import torch
 
