@@ -53,10 +53,10 @@ def parameter_count(c) -> int:
     ffn = (2 + gated) * d * f + f * t.ffn.bias1 + d * t.ffn.bias2 + f * (gated and t.ffn.bias_gate)
     # Two layer norms, each a gain and a bias
     layer = attention + ffn + 4 * d
-    # Token embeddings, the generator (only its bias when tied), and the final layer norm,
-    # which a post-LN stack does without
+    # Token embeddings, the generator (its weight unless tied, its bias unless `generator_bias=false`),
+    # and the final layer norm, which a post-LN stack does without
     final_norm = 0 if labml_glue.chosen_value(t, 'encoder_layer') == 'post_ln' else 2 * d
-    ends = vocab * d + (vocab if c.tie_embeddings else vocab * d + vocab) + final_norm
+    ends = vocab * d + (0 if c.tie_embeddings else vocab * d) + (vocab if c.generator_bias else 0) + final_norm
     # A learned position table, cut to `seq_len` rows
     positions = c.seq_len * d if _src_embed(c) == 'learned_pos' else 0
     return t.n_layers * layer + ends + positions

@@ -64,6 +64,9 @@ class Configs(Trainer):
 
     # The generator's weight is the token embedding matrix
     tie_embeddings: bool = False
+    # The generator adds a learned bias per token to the logits (labml_nn's does; GPT-1's and
+    # GPT-2's heads have none, and a run without one exports to them at any vocabulary size)
+    generator_bias: bool = True
     # Dropout on the token and position embeddings
     embedding_dropout: float = 0.0
     # Vocabulary size of `tokenizer=bpe`
@@ -77,7 +80,8 @@ class Configs(Trainer):
     device = 'device_configs'
     # `RUN[:STEP]`: a new run that starts from the weights of that run's checkpoint (the newest
     # complete one when no step is given), with its tokenizer and shape; everything else starts
-    # fresh ([training](training.html))
+    # fresh ([training](training.html)). `hf:DIR`: the same from a local Hugging Face GPT-2 or
+    # OpenAI GPT folder ([hf](hf.html))
     init_from: str = ''
 
     # The labml GPT recipe
@@ -125,7 +129,7 @@ MODEL_KEYS = ('transformer.d_model', 'transformer.n_heads', 'transformer.n_layer
               'transformer.ffn.d_ff', 'transformer.ffn.activation', 'transformer.ffn.is_gated',
               'transformer.ffn.bias1', 'transformer.ffn.bias2', 'transformer.ffn.bias_gate',
               'transformer.ffn.glu_variant', 'transformer.encoder_layer', 'transformer.src_embed',
-              'tie_embeddings', 'tokenizer', 'bpe_vocab_size', 'bpe_train_bytes')
+              'tie_embeddings', 'generator_bias', 'tokenizer', 'bpe_vocab_size', 'bpe_train_bytes')
 
 
 def model_keys(src_embed: str) -> tuple:
@@ -254,7 +258,11 @@ def _model(c: Configs) -> GPT:
     if isinstance(c.transformer.encoder_layer, PostLNTransformerLayer):
         # Post-LN layers end normalised; GPT-1 has no final LayerNorm.
         encoder.norm = torch.nn.Identity()
-    m = GPT(encoder, crop_positions(c.transformer.src_embed, c.seq_len), c.transformer.generator,
+    generator = c.transformer.generator
+    if not c.generator_bias:
+        # logits $h W^\top$, as GPT-1's and GPT-2's heads compute them
+        generator.projection.bias = None
+    m = GPT(encoder, crop_positions(c.transformer.src_embed, c.seq_len), generator,
             embedding_dropout=c.embedding_dropout, tie_embeddings=c.tie_embeddings)
     m.apply(init_weights)
     return m.to(c.device)

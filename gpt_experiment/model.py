@@ -9,12 +9,14 @@ passed in here:
 * `encoder`: the transformer layers under the causal mask,
 * `generator`: a linear layer from the last hidden state to logits over the vocabulary.
 
-This file also holds the two layers the labml recipe does not have:
+This file also holds what the labml recipe does not have:
 
 * [`SDPAttention`](#SDPAttention), labml_nn's attention on PyTorch's fused kernel
   (`transformer.encoder_attn=sdpa`, the default);
 * [`PostLNTransformerLayer`](#PostLNTransformerLayer), GPT-1's post-LayerNorm layer
-  (`transformer.encoder_layer=post_ln`).
+  (`transformer.encoder_layer=post_ln`);
+* [GELU's tanh approximation](#GELU_tanh), GPT-1's and GPT-2's own activation
+  (`transformer.ffn.activation=GELU_tanh`).
 
 Tensors are *sequence first*, `[seq_len, batch_size]`, as everywhere in labml_nn.
 """
@@ -29,6 +31,7 @@ from torch import nn
 
 from labml.configs import calculate, option
 from labml_nn.transformers import Encoder, TransformerConfigs
+from labml_nn.transformers.configs import FeedForwardConfigs
 from labml_nn.transformers.mha import MultiHeadAttention
 from labml_nn.transformers.models import (EmbeddingsWithLearnedPositionalEncoding, EmbeddingsWithPositionalEncoding,
                                           TransformerLayer)
@@ -55,7 +58,7 @@ class GPT(nn.Module):
     * `tie_embeddings`: the generator's weight *is* the token embedding matrix $W_e$.
       labml_nn's embedding computes $\sqrt{d_{model}} W_e[x]$ (as Vaswani et al., who tie
       too), so with tying the logits are $h W_e^\top$ and the input is the same rows scaled
-      by $\sqrt{d_{model}}$. The generator keeps its own bias.
+      by $\sqrt{d_{model}}$. The generator keeps its own bias (unless `generator_bias=false`).
     """
 
     def __init__(self, encoder: Encoder, src_embed: nn.Module, generator: nn.Module, *,
@@ -230,3 +233,20 @@ class PostLNTransformerLayer(TransformerLayer):
 def _post_ln_encoder_layer(c: TransformerConfigs):
     return PostLNTransformerLayer(d_model=c.d_model, self_attn=c.encoder_attn, src_attn=None,
                                   feed_forward=copy.deepcopy(c.ffn.ffn), dropout_prob=c.dropout)
+
+
+@option(FeedForwardConfigs.activation, 'GELU_tanh')
+def _gelu_tanh():
+    r"""
+    <a id="GELU_tanh"></a>
+    ## GELU's tanh approximation
+
+    $$\text{GELU}(x) \approx \frac{x}{2}\Big(1 + \tanh\big(\sqrt{2/\pi}\,(x + 0.044715 x^3)\big)\Big)$$
+
+    GPT-1 and GPT-2 were trained with this approximation (`gelu_new` in Hugging Face
+    `transformers`, and OpenAI GPT's `gelu`), where labml_nn's `GELU` is the exact
+    $x \Phi(x)$. The two differ by up to about $5 \cdot 10^{-4}$, enough to move the logits of a
+    model trained with the other, so a GPT-2 imported with `init_from=hf:` keeps its own
+    ([hf](hf.html)).
+    """
+    return nn.GELU(approximate='tanh')

@@ -22,6 +22,9 @@ A run can continue another, from a checkpoint that the [run store](runs.html) fi
   `init_from`, for fine-tuning): the weights, the tokenizer and the model's shape are the
   source's; the optimizer, the schedule, the data order and the step counter start fresh. The
   run records `init_from: <uuid>:<step>`, whatever prefix was typed.
+* **`init_from=hf:DIR`** does the same from a local Hugging Face GPT-2 or OpenAI GPT folder
+  (nanoGPT's `init_from=gpt2`, offline), read by [hf](hf.html); `seq_len` may be shorter than
+  the folder's context. The run records `init_from: hf:<absolute folder>`.
 
 Either way the run keeps what makes its model: the keys of `MODEL_KEYS` ([configs](configs.html))
 cannot change, which is one line, and the corpus is encoded with the run's `tokenizer.json`.
@@ -42,7 +45,7 @@ from typing import Any, Dict, Iterable, NamedTuple, Optional, Set, Union
 from labml import experiment, logger, tracker
 from labml.logger import Text
 
-from . import checkpoints, console, dashboard, distributed, files, labml_glue, reports, runs, tokenizers
+from . import checkpoints, console, dashboard, distributed, files, hf, labml_glue, reports, runs, tokenizers
 from .checks import check_configs
 from .configs import MODEL_KEYS, Configs, model_keys
 from .errors import UserError
@@ -64,16 +67,27 @@ class Start(NamedTuple):
         """`<uuid>:<step>`, as a run started from it records it."""
         return f'{runs.uuid_of(self.run)}:{self.checkpoint.name}'
 
+    def tokenizer(self):
+        """The run's tokenizer, which the new run encodes its corpus with."""
+        return runs.tokenizer(self.run)
+
+    def load_weights(self, model):
+        runs.load_weights(model, self.checkpoint, ': the model cannot change')
+
+
+def _keep_shape(had: Dict[str, Any], keys: Iterable[str], overrides: Dict[str, Any], source: str, how: str):
+    """Refuse values of `keys` that contradict what `source` had."""
+    for key in keys:
+        if key in overrides and str(overrides[key]) != str(had[key]):
+            raise UserError(f'{key}={overrides[key]} contradicts {source}, which has {key}={had[key]}: {how}')
+
 
 def _keep_model(run_dir: Path, overrides: Dict[str, Any], how: str):
     """Refuse values of `MODEL_KEYS` that contradict what run `run_dir` had."""
     declared = config_keys(Configs)
     recorded = runs.config_values(run_dir)
     had = {k: declared[k].default if recorded.get(k) is None else recorded[k] for k in MODEL_KEYS + ('seq_len',)}
-    for key in model_keys(had['transformer.src_embed']):
-        if key in overrides and str(overrides[key]) != str(had[key]):
-            raise UserError(f'{key}={overrides[key]} contradicts run {runs.uuid_of(run_dir)}, which has '
-                            f'{key}={had[key]}: {how}')
+    _keep_shape(had, model_keys(had['transformer.src_embed']), overrides, f'run {runs.uuid_of(run_dir)}', how)
 
 
 def resumed(run: str, step: Optional[int], overrides: Dict[str, Any]) -> tuple:
@@ -86,8 +100,18 @@ def resumed(run: str, step: Optional[int], overrides: Dict[str, Any]) -> tuple:
 
 
 def initialised(overrides: Dict[str, Any]) -> tuple:
-    """The checkpoint `init_from=RUN[:STEP]` starts from, and the source's model keys under `overrides`."""
+    """
+    The checkpoint `init_from=RUN[:STEP]` starts from, or the Hugging Face folder of
+    `init_from=hf:DIR`, and the source's model keys under `overrides`.
+    """
     init_from = overrides['init_from']
+    if init_from.startswith('hf:'):
+        if not init_from[3:]:
+            raise UserError('init_from=hf: needs a folder: init_from=hf:DIR')
+        source = hf.source(init_from[3:], seq_len=overrides.get('seq_len'))
+        _keep_shape(source.shape, set(source.shape) - {'seq_len'}, overrides, source.name,
+                    "init_from takes the model's shape from the source")
+        return source, {**overrides, **source.shape, 'init_from': source.name}
     run, colon, step = init_from.partition(':')
     if colon and not step.isdigit():
         raise UserError(f'init_from={init_from!r}: the step after ":" must be a checkpoint step (a number)')
@@ -165,7 +189,7 @@ def train(overrides: Optional[Dict[str, Any]] = None, *, name: Optional[str] = N
         start, overrides = resumed(resume, checkpoint, overrides)
     elif overrides.get('init_from'):
         start, overrides = initialised(overrides)
-    run_tokenizer = runs.tokenizer(start.run) if start is not None else None
+    run_tokenizer = start.tokenizer() if start is not None else None
     world = distributed.setup()
     # A resumed run goes beside its parent, under its experiment's name.
     name = name or (start.run.parent.name if start is not None and start.state is not None else 'gpt')
@@ -174,13 +198,13 @@ def train(overrides: Optional[Dict[str, Any]] = None, *, name: Optional[str] = N
                       distributed_rank=world.rank, distributed_world_size=world.size if world.is_distributed else 0,
                       writers=writers - {'screen'} if world.is_main else set())
     with contextlib.ExitStack() as held:
-        if start is not None:
+        if isinstance(start, Start):
             # the checkpoint is not pruned away while this run reads it
             held.enter_context(checkpoints.reading(start.checkpoint))
         conf = configure(overrides, run_tokenizer=run_tokenizer)
         step = None
         if start is not None:
-            runs.load_weights(conf.model, start.checkpoint, ': the model cannot change')
+            start.load_weights(conf.model)
             if start.state is not None:
                 step = int(start.checkpoint.name)
                 if start.state['position']['epoch'] >= conf.epochs:
@@ -208,7 +232,8 @@ def train(overrides: Optional[Dict[str, Any]] = None, *, name: Optional[str] = N
                 n_params = sum(p.numel() for p in conf.model.parameters())
                 logger.log([('Model parameters: ', Text.key), (f'{n_params:,}', Text.value)])
                 if start is not None and start.state is None:
-                    logger.log([('Initialised from: ', Text.key), (f'run {start.name}', Text.value)])
+                    source = f'run {start.name}' if isinstance(start, Start) else start.name
+                    logger.log([('Initialised from: ', Text.key), (source, Text.value)])
                 if 'tensorboard' in writers:
                     extras = TensorBoardExtras(run_path / 'tensorboard', labml_glue.run_configs())
                     labml_glue.add_tracker_writer(extras)

@@ -21,10 +21,11 @@ FLOORS = [
     {'model', 'optimizer', 'tokenizers', 'corpus', 'sampling', 'trainer', 'configs'},
     # what a user's values are checked against
     {'overrides', 'checks'},
-    # the run folder: writing checkpoints, finding and reading runs, reporting on them (`gpt-runs`)
-    {'checkpoints', 'runs', 'reports'},
+    # the run folder: writing checkpoints, finding and reading runs, reporting on them (`gpt-runs`),
+    # and Hugging Face folders, written and read (`hf`)
+    {'checkpoints', 'runs', 'reports', 'hf'},
     # the edges: what a user calls
-    {'training', 'generate', 'evaluate', 'dashboard', 'main', '__init__'},
+    {'training', 'generate', 'evaluate', 'dashboard', 'export', 'main', '__init__'},
 ]
 
 
@@ -76,4 +77,4 @@ def test_the_command_lines_import_no_torch_to_answer_help():
             '        pass\n'
             'print(len(scripts), [m for m in ("torch", "labml_nn", "labml_helpers") if m in sys.modules])')
     result = subprocess.run([sys.executable, '-c', code], cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
-    assert result.stdout.strip().splitlines()[-1] == '5 []', result.stdout[-2000:] + result.stderr[-2000:]
+    assert result.stdout.strip().splitlines()[-1] == '6 []', result.stdout[-2000:] + result.stderr[-2000:]

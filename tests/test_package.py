@@ -13,7 +13,7 @@ import zipfile
 
 from conftest import REPO_ROOT
 
-COMMANDS = {'gpt-train', 'gpt-generate', 'gpt-evaluate', 'gpt-runs', 'gpt-dashboard'}
+COMMANDS = {'gpt-train', 'gpt-generate', 'gpt-evaluate', 'gpt-runs', 'gpt-dashboard', 'gpt-export'}
 
 
 def _project():
@@ -31,10 +31,11 @@ def test_every_command_points_at_a_function():
 def test_runtime_dependencies_are_only_what_training_needs():
     deps = {d.split('=')[0].split('<')[0].split('[')[0].strip().lower() for d in _project()['dependencies']}
     assert 'torch' in deps and 'labml-nn' in deps
-    assert not deps & {'pytest', 'hypothesis', 'matplotlib', 'ipykernel', 'nbclient', 'playwright', 'tensorboard'}
+    assert not deps & {'pytest', 'hypothesis', 'matplotlib', 'ipykernel', 'nbclient', 'playwright', 'tensorboard',
+                       'transformers', 'safetensors'}
     # the torch pin stays in the same install as labml-nn
     assert 'torch==2.13.0' in _project()['dependencies']
-    assert set(_project()['optional-dependencies']) >= {'tensorboard', 'notebook', 'browser', 'test'}
+    assert set(_project()['optional-dependencies']) >= {'tensorboard', 'notebook', 'browser', 'hf', 'test'}
 
 
 def test_wheel_carries_the_commands(tmp_path):
