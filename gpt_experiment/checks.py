@@ -111,11 +111,13 @@ def _check_memory(c):
     if fixed > available:
         raise UserError(f'the model has {n:,} parameters and would need {fixed / 2 ** 30:,.1f} GiB for its weights, '
                         f'gradients and Adam moments alone; the {c.device.type} has {available / 2 ** 30:,.1f} GiB')
-    micro = min(c.micro_batch_size or c.batch_size, c.batch_size)
+    # a forward pass takes a micro-batch, a batch, or at most an epoch's windows
+    micro = min(c.micro_batch_size or c.batch_size, c.batch_size, c.train_loader.windows_per_epoch)
     needed = fixed + activation_bytes(c, micro)
     if needed > available:
-        fits = [m for m in range(1, micro) if fixed + activation_bytes(c, m) <= available]
-        hint = f'; micro_batch_size={fits[-1]} would fit' if fits else '; not even one window fits'
+        # what a forward pass keeps grows with its windows
+        fits = (available - fixed) // activation_bytes(c, 1)
+        hint = f'; micro_batch_size={fits} would fit' if fits else '; not even one window fits'
         raise UserError(f'a forward pass of {micro} windows of {c.seq_len} tokens would need about '
                         f'{needed / 2 ** 30:,.1f} GiB with the model; the {c.device.type} allows '
                         f'{available / 2 ** 30:,.1f} GiB{hint}')

@@ -273,11 +273,14 @@ def transformer_optimizer(c: Configs) -> GPTOptimizerConfigs:
     """
     ### minGPT optimizer
 
-    Adam on two parameter groups, those that decay and those that do not.
+    Adam on two parameter groups, those that decay and those that do not (with `Muon`, Adam on
+    what is not a matrix inside the layers).
     """
     groups = decay_groups(c.model, c.weight_decay, c.weight_decay_params)
+    # the weight matrices inside the layers, which `optimizer.optimizer=Muon` takes
+    hidden = [p for n, p in c.model.named_parameters() if n.startswith('encoder.layers.') and p.dim() == 2]
     return gpt_optimizer_configs(groups, weight_decay=c.weight_decay, learning_rate=c.learning_rate,
-                                 d_model=c.transformer.d_model)
+                                 d_model=c.transformer.d_model, hidden_matrices=hidden)
 
 
 @option(Configs.weight_decay_params, 'linear')

@@ -14,12 +14,12 @@ since pulling them towards zero only hurts. GPT-1 decays every matrix instead
 """
 
 import math
-from typing import Callable, Dict, List
+from typing import Any, Callable, Dict, List
 
 import torch
 from torch import nn
 
-from labml.configs import option
+from labml.configs import meta_config, option
 from labml_nn.optimizers.configs import OptimizerConfigs
 
 from . import labml_glue
@@ -192,6 +192,68 @@ class AdamWarmupCosineToZero(AdamWarmupCosineDecay):
     lr_floor = 0.0
 
 
+class Muon:
+    r"""
+    <a id="Muon"></a>
+    ## Muon on the hidden matrices, Adam on the rest
+
+    [Muon](https://kellerjordan.github.io/posts/muon/) updates a weight matrix with its
+    momentum made orthogonal: Newton-Schulz iterations take the momentum $M = U S V^\top$ to
+    about $U V^\top$, so that every direction of the update moves as far. It is meant for the
+    hidden matrices of a network (here the attention's and the feed-forward's weights inside
+    the layers); the embeddings, the generator, the gains and the biases keep Adam
+    (modded-nanogpt's split). Both are PyTorch's own: `torch.optim.Muon`, with its learning
+    rate matched to AdamW's update size (`adjust_lr_fn='match_rms_adamw'`) and `muon_lr_scale`
+    times Adam's, and [`AdamWarmupCosineDecay`](#AdamWarmupCosineDecay) above. The schedule
+    scales both.
+    """
+
+    lr_floor = AdamWarmupCosineDecay.lr_floor
+
+    def __init__(self, groups: List[Dict], hidden: List[nn.Parameter], *, lr: float, lr_scale: float, **adam):
+        hidden_ids = {id(p) for p in hidden}
+        rest = [{**g, 'params': [p for p in g['params'] if id(p) not in hidden_ids]} for g in groups]
+        self.adam = AdamWarmupCosineDecay([g for g in rest if g['params']], lr=lr, **adam)
+        # the hidden matrices decay as their group says (the `linear` and `matrices` rules both decay them)
+        decay = max((g['weight_decay'] for g in groups if any(id(p) in hidden_ids for p in g['params'])), default=0.0)
+        self.muon = torch.optim.Muon(hidden, lr=lr * lr_scale, weight_decay=decay, momentum=0.95, nesterov=True,
+                                     adjust_lr_fn='match_rms_adamw')
+        self.lr_scale = lr_scale
+
+    @property
+    def param_groups(self) -> List[Dict]:
+        # Adam's first: the learning rate the trainer reports is the schedule's
+        return self.adam.param_groups + self.muon.param_groups
+
+    @property
+    def state(self) -> Dict:
+        return {**self.adam.state, **self.muon.state}
+
+    def set_lr(self, lr: float):
+        self.adam.set_lr(lr)
+        for group in self.muon.param_groups:
+            group['lr'] = lr * self.lr_scale
+
+    def step(self, closure=None):
+        self.adam.step()
+        self.muon.step()
+
+    def zero_grad(self, set_to_none: bool = True):
+        self.adam.zero_grad(set_to_none=set_to_none)
+        self.muon.zero_grad(set_to_none=set_to_none)
+
+    def state_dict(self) -> Dict:
+        return {'adam': self.adam.state_dict(), 'muon': self.muon.state_dict()}
+
+    def load_state_dict(self, state: Dict):
+        # Muon's group values, like Adam's, are this run's configs; only its momenta come back.
+        given = [{k: v for k, v in group.items() if k != 'params'} for group in self.muon.param_groups]
+        self.adam.load_state_dict(state['adam'])
+        self.muon.load_state_dict(state['muon'])
+        for group, values in zip(self.muon.param_groups, given):
+            group.update(values)
+
+
 # ## Configurations
 
 class GPTOptimizerConfigs(OptimizerConfigs):
@@ -201,6 +263,10 @@ class GPTOptimizerConfigs(OptimizerConfigs):
     """
     # The optimizer ([below](#options)); the learning-rate schedule comes with it
     optimizer: torch.optim.Optimizer = 'AdamWarmupCosineDecay'
+    # With `Muon`: its peak learning rate, as a multiple of `learning_rate` (Adam's)
+    muon_lr_scale: float = 2.0
+    # The hidden matrices, which `Muon` updates (set by the GPT's configs)
+    hidden_matrices: Any = []
 
     def __init__(self):
         super().__init__()
@@ -210,17 +276,22 @@ class GPTOptimizerConfigs(OptimizerConfigs):
                 labml_glue.withdraw_option(self, 'optimizer', name)
 
 
+# labml records what it computes for a key in the run's configs; not a list of tensors
+meta_config(GPTOptimizerConfigs.hidden_matrices)
+
 # What GPT's optimizer sets in labml_nn's `OptimizerConfigs`, over that class's own defaults:
 # GPT's betas and epsilon, and decoupled weight decay.
 GPT_OPTIMIZER = {'betas': (0.9, 0.95), 'eps': 1e-8, 'weight_decouple': True}
-OPTIMIZERS = {'AdamWarmupCosineDecay': AdamWarmupCosineDecay, 'AdamWarmupCosineToZero': AdamWarmupCosineToZero}
+OPTIMIZERS = {'AdamWarmupCosineDecay': AdamWarmupCosineDecay, 'AdamWarmupCosineToZero': AdamWarmupCosineToZero,
+              'Muon': Muon}
 
 
 def gpt_optimizer_configs(parameters: List[Dict], *, weight_decay: float, learning_rate: float,
-                          d_model: int) -> GPTOptimizerConfigs:
+                          d_model: int, hidden_matrices: List[nn.Parameter]) -> GPTOptimizerConfigs:
     """The optimizer configs set up for GPT, on the parameter groups of `decay_groups`."""
     conf = GPTOptimizerConfigs()
     conf.parameters = parameters
+    conf.hidden_matrices = hidden_matrices
     for key, value in GPT_OPTIMIZER.items():
         setattr(conf, key, value)
     conf.learning_rate = learning_rate
@@ -238,5 +309,12 @@ def _adam(cls: type) -> Callable[[GPTOptimizerConfigs], torch.optim.Optimizer]:
     return build
 
 
-for _name, _cls in OPTIMIZERS.items():
-    option(GPTOptimizerConfigs.optimizer, _name)(_adam(_cls))
+for _name in ('AdamWarmupCosineDecay', 'AdamWarmupCosineToZero'):
+    option(GPTOptimizerConfigs.optimizer, _name)(_adam(OPTIMIZERS[_name]))
+
+
+@option(GPTOptimizerConfigs.optimizer, 'Muon')
+def _muon(c: GPTOptimizerConfigs):
+    return Muon(c.parameters, c.hidden_matrices, lr=c.learning_rate, lr_scale=c.muon_lr_scale, betas=c.betas,
+                eps=c.eps, decouple=c.weight_decouple, absolute=c.weight_decay_absolute,
+                optimized_update=c.optimized_adam_update, amsgrad=c.amsgrad)

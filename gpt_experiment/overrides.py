@@ -53,7 +53,8 @@ INTERNAL = {
     'device.device_info', 'transformer', 'optimizer', 'optimizer.weight_decay_obj', 'train_loader', 'valid_loader',
     'transformer.encoder', 'transformer.decoder', 'transformer.encoder_decoder', 'transformer.generator',
     'transformer.decoder_layer', 'transformer.decoder_attn', 'transformer.decoder_mem_attn', 'transformer.tgt_embed',
-    'transformer.ffn', 'transformer.ffn.ffn', 'optimizer.rho', 'optimizer.parameters', 'mode', 'accuracy',
+    'transformer.ffn', 'transformer.ffn.ffn', 'optimizer.rho', 'optimizer.parameters', 'optimizer.hidden_matrices',
+    'mode', 'accuracy',
     'loss_func',
 }
 # labml's keys that the [trainer](trainer.html)'s own loop does not read: labml_helpers' loop
@@ -124,7 +125,7 @@ def _sub_configs(value_type, default, options) -> Optional[type]:
     if inspect.isclass(value_type) and issubclass(value_type, BaseConfigs):
         return value_type
     # An option (such as `optimizer`'s) that declares it returns configs.
-    chosen = options.get(default) or next(iter(options.values()), None)
+    chosen = (options.get(default) if isinstance(default, str) else None) or next(iter(options.values()), None)
     returns = typing.get_type_hints(chosen.func).get('return') if chosen is not None else None
     if inspect.isclass(returns) and issubclass(returns, BaseConfigs):
         return returns
@@ -282,7 +283,7 @@ AT_MOST = {
     'seq_len': (5000, "labml_nn's positional tables have 5,000 rows"),
 }
 # Rates and sizes of the optimizer that must be above 0, or at least 0
-POSITIVE = ('learning_rate', 'optimizer.learning_rate', 'optimizer.eps', 'grad_norm_clip')
+POSITIVE = ('learning_rate', 'optimizer.learning_rate', 'optimizer.eps', 'grad_norm_clip', 'optimizer.muon_lr_scale')
 NON_NEGATIVE = ('weight_decay', 'optimizer.weight_decay')
 # Probabilities of dropping, in [0, 1)
 DROPOUTS = ('transformer.dropout', 'transformer.ffn.dropout', 'embedding_dropout')

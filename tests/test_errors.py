@@ -86,9 +86,6 @@ CASES = [
     ('seed-past-64-bits', [f'seed={2 ** 63}'], ['integers here are 64-bit']),
     ('huge-model', ['transformer.d_model=1000000000', 'transformer.n_heads=1'],
      ['the model has 4,000,000,', 'parameters and would need', 'GiB']),
-    # the model fits, a forward pass of the whole batch does not; a micro-batch would
-    ('huge-batch', ['batch_size=100000000'], ['a forward pass of 100000000 windows of 16 tokens would need about',
-                                              'micro_batch_size=']),
     ('inner-iterations', ['inner_iterations=1000000'], ['inner_iterations=1000000 is more than the training batches '
                                                         'of an epoch (33)']),
     ('recursive-yaml', ['recursive.yaml'], ['recursive.yaml is not valid YAML', 'the alias *a is of a list']),
@@ -180,3 +177,20 @@ def test_the_memory_limit_is_the_cgroups_when_it_is_lower(monkeypatch):
         return real_open(path, *args, **kwargs)
     monkeypatch.setattr(checks, 'open', fake_open, raising=False)
     assert checks.memory_limit(torch.device('cpu')) == min(physical, 2 ** 30)
+
+
+def test_a_batch_whose_activations_do_not_fit_is_one_line_naming_a_micro_batch_that_does(project, monkeypatch):
+    from gpt_experiment import checks
+    from conftest import make_configs
+    # a machine of 8 MiB: the tiny model fits, a forward pass of 128 windows of 32 tokens does not
+    monkeypatch.setattr(checks, 'memory_limit', lambda device: 8 * 2 ** 20)
+    conf = make_configs({**TINY, 'text': 'corpus.txt', 'batch_size': 128, 'seq_len': 32, 'inner_iterations': 1})
+    with pytest.raises(UserError) as e:
+        checks.check_configs(conf)
+    message = str(e.value)
+    assert message.startswith('a forward pass of 128 windows of 32 tokens would need about ')
+    fits = int(message.rsplit('micro_batch_size=', 1)[1].split()[0])
+    # and the micro-batch it names does fit
+    checks.check_configs(make_configs({**TINY, 'text': 'corpus.txt', 'batch_size': 128, 'seq_len': 32,
+                                       'inner_iterations': 1, 'micro_batch_size': fits}))
+    assert 0 < fits < 128

@@ -96,3 +96,22 @@ def test_only_decay_group_shrinks_on_a_zero_gradient_step(tiny_configs):
             assert not torch.equal(p.detach(), before[n])
         else:
             assert torch.equal(p.detach(), before[n]), f'{n} changed without a gradient'
+
+
+def test_muon_takes_the_hidden_matrices_and_adam_the_rest(tiny_configs):
+    conf = tiny_configs(**{'optimizer.optimizer': 'Muon', 'transformer.n_layers': 2})
+    opt, names = conf.optimizer, {id(p): n for n, p in conf.model.named_parameters()}
+    muon = {names[id(p)] for g in opt.muon.param_groups for p in g['params']}
+    adam = {names[id(p)] for g in opt.adam.param_groups for p in g['params']}
+    assert muon == {n for n, p in conf.model.named_parameters() if n.startswith('encoder.layers.') and p.dim() == 2}
+    assert not muon & adam and muon | adam == set(names.values())
+    assert {'src_embed.linear.weight', 'generator.projection.weight', 'encoder.norm.weight'} <= adam
+    # the schedule gives both their rates: Muon's a multiple of Adam's
+    opt.set_lr(1e-3)
+    assert opt.param_groups[0]['lr'] == 1e-3 and opt.muon.param_groups[0]['lr'] == 2e-3
+    # and it trains
+    batches = list(conf.train_loader.epoch(0))[:12]
+    for x, y, _ in batches:
+        conf.train_step(x, y)
+    losses = [loss.item() for _, loss in conf._metrics.losses]
+    assert losses[-1] < losses[0]

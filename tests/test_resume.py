@@ -380,3 +380,18 @@ def test_resume_does_not_retrain_a_bpe_tokenizer(project):
     train({'epochs': 2}, resume=parent.name)
     child = [r for r in run_dirs(project, 'bpe') if r != parent][0]
     assert (child / 'tokenizer.json').read_text() == (parent / 'tokenizer.json').read_text()
+
+
+def test_a_muon_run_stopped_twice_resumes_exactly(project, monkeypatch):
+    muon = {'optimizer.optimizer': 'Muon'}
+    train({**RESUME, **muon}, name='straight', writers='sqlite')
+    (straight_dir,) = run_dirs(project, 'straight')
+    straight = torch.load(straight_dir / 'checkpoints' / str(checkpoint_steps(straight_dir)[-1]) / 'training.pth',
+                          weights_only=True)
+    folders, resumed = _chain(monkeypatch, [('step', 20), ('valid', 2)], overrides=muon)
+    assert [sv for run in folders for sv in _curve(run, 'lr')] == _curve(straight_dir, 'lr')
+    final = weights(folders[-1] / 'checkpoints' / str(checkpoint_steps(folders[-1])[-1]))
+    expected = weights(straight_dir / 'checkpoints' / str(checkpoint_steps(straight_dir)[-1]))
+    assert all(torch.equal(final[k], expected[k]) for k in expected)
+    # Muon's momenta were saved and came back
+    assert straight['optimizer']['muon']['state']
