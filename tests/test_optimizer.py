@@ -99,7 +99,8 @@ def test_only_decay_group_shrinks_on_a_zero_gradient_step(tiny_configs):
 
 
 def test_muon_takes_the_hidden_matrices_and_adam_the_rest(tiny_configs):
-    conf = tiny_configs(**{'optimizer.optimizer': 'Muon', 'transformer.n_layers': 2})
+    conf = tiny_configs(**{'optimizer.optimizer': 'Muon', 'transformer.n_layers': 2, 'learning_rate': 3e-3,
+                           'warmup_steps': 256})
     opt, names = conf.optimizer, {id(p): n for n, p in conf.model.named_parameters()}
     muon = {names[id(p)] for g in opt.muon.param_groups for p in g['params']}
     adam = {names[id(p)] for g in opt.adam.param_groups for p in g['params']}
@@ -110,8 +111,7 @@ def test_muon_takes_the_hidden_matrices_and_adam_the_rest(tiny_configs):
     opt.set_lr(1e-3)
     assert opt.param_groups[0]['lr'] == 1e-3 and opt.muon.param_groups[0]['lr'] == 2e-3
     # and it trains
-    batches = list(conf.train_loader.epoch(0))[:12]
-    for x, y, _ in batches:
+    for x, y, _ in list(conf.train_loader.epoch(0))[:20]:
         conf.train_step(x, y)
     losses = [loss.item() for _, loss in conf._metrics.losses]
-    assert losses[-1] < losses[0]
+    assert sum(losses[-5:]) / 5 < losses[0] - 0.2
