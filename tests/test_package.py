@@ -37,7 +37,9 @@ def test_runtime_dependencies_are_only_what_training_needs():
     deps = {d.split('=')[0].split('<')[0].split('[')[0].strip().lower() for d in _project()['dependencies']}
     assert 'torch' in deps and 'labml-nn' in deps
     assert not deps & {'pytest', 'hypothesis', 'matplotlib', 'ipykernel', 'nbclient', 'playwright', 'tensorboard',
-                       'transformers', 'safetensors'}
+                       'transformers'}
+    # checkpoints keep their weights in safetensors, and the display is tqdm's
+    assert {'safetensors', 'tqdm'} <= deps
     # the torch pin stays in the same install as labml-nn
     assert 'torch==2.13.0' in _project()['dependencies']
     assert set(_project()['optional-dependencies']) >= {'tensorboard', 'notebook', 'browser', 'hf', 'test'}
