@@ -59,7 +59,7 @@ file, for a dashboard on loopback only (the file's token is never sent to anothe
 
 **Reads stay open** to whoever can connect, which is loopback unless `--host` says otherwise.
 The page in a browser is read-only: its Claim, rename, delete and chart-preference buttons are
-refused (the run claims itself).
+refused (the run claims, names and charts itself: below).
 
 **Beyond loopback.** `--host 0.0.0.0` (or any address that is not loopback) needs an explicit
 token, `--token` or `GPT_DASHBOARD_TOKEN`, which the remote runs are given as `labml_token`;
@@ -81,6 +81,25 @@ no dashboard answering a finished run never exits. So we
   nobody answers, or when it refuses the run's token;
 * make labml's sender thread a daemon, and after training wait for it only while the dashboard
   answers (at most `FLUSH_SECONDS`), then say in one line that it was not reached.
+
+## What a run shows there
+
+The app shows what it was sent as it is; three things about a run are ours to set, with the
+token, as its own buttons would (`present`):
+
+* **claimed**, as the Claim button does, so that it is in the runs list while it trains;
+* **its name in the runs list**: a list row shows a run's name, its comment and its start, and
+  every run here is named after its experiment (`gpt`), so the dashboard's copy of the name gets
+  the uuid's first 8 characters, `gpt · 147f2928`, what `gpt-train --resume` takes and what
+  `logs/gpt/` lists. The comment is the user's (`--comment`), as labml sent it, never changed;
+  the run's own files keep labml's name;
+* **its first chart**: the app draws one chart per run, on one axis, and its metrics page plots
+  every series (its card only those named `loss.*`, until told otherwise), so
+  `tokens_per_second` (thousands) flattens the losses (a few units) to a line at zero. The
+  app keeps, per run, which series its chart plots (the metrics preferences, the page's Save
+  button): we keep them at the two losses, `loss.train` and `loss.valid`. The other series
+  stay listed under the chart, each with its own small line and its last value, and on the
+  metrics page one click on one plots it (the app has no second chart to give them).
 """
 
 import hmac
@@ -97,7 +116,7 @@ import time
 import urllib.error
 import urllib.request
 from pathlib import Path
-from typing import Optional, Set, Tuple
+from typing import Any, Dict, List, Optional, Set, Tuple
 from urllib.parse import parse_qsl, quote, unquote, urlencode, urlsplit
 
 from labml import logger
@@ -163,7 +182,7 @@ def is_loopback(host: Optional[str]) -> bool:
         return False
 
 
-# ## The runs' side: connect, claim, finish
+# ## The runs' side: connect, finish, and what they show
 #
 # A run's `web_api` URL is labml's (`.../api/v1/track?`, or `...?labml_token=...&` from
 # `labml_server` and `labml_token`); it gets the dashboard's token in its query, and everything
@@ -264,50 +283,173 @@ def connect(writers: Set[str]) -> Optional[str]:
 def finish(url: Optional[str], run_uuid: str) -> Optional[str]:
     """
     After training: let labml's sender deliver the last updates while the dashboard answers,
-    then claim the run (again, in case the claim at the start did not get through). Returns the
-    run's page, or `None` (with one line) when not reached.
+    then present the run once more (claimed, named, its first chart: the watch of
+    `claim_soon` may have missed the last series). Returns the run's page, or `None` (with one
+    line) when not reached.
     """
     if url is None:
         return None
+    # the watch is over: what it would do, `present` does now, with every series there
+    _stop_watching(run_uuid)
     thread = labml_glue.dashboard_sender_thread()
     if thread is not None and reachable(url):
         thread.join(FLUSH_SECONDS)
     if thread is None or thread.is_alive() or thread.errored or not reachable(url):
         logger.log(f'Dashboard not reached at {app_url(url)}; the run is in logs/ only.', Text.warning)
         return None
-    claim(url, run_uuid)
+    present(url, run_uuid)
     return f'{app_url(url)}/run/{run_uuid}'
+
+
+# ## What a run shows on the dashboard
+#
+# Each of these is one request to the app's own API, as its page's buttons make it, with the
+# token (`api`), and each can be repeated: the run is the same after two as after one.
+
+# The series the run page's chart plots, by name: the losses, on an axis of their own.
+FIRST_CHART = ('loss.train', 'loss.valid')
+# How often, while a run trains, we look whether its series changed (a GET of a few kB)
+WATCH_SECONDS = 5
+# How long a request to the app may take (it answers at once; a busy app, a few seconds)
+REQUEST_SECONDS = PROBE_SECONDS * 5
+# What separates the experiment's name from the uuid's first characters in the runs list
+NAME_SEPARATOR = ' · '
+
+
+def api(url: str, method: str, path: str, body: Any = None) -> Optional[Any]:
+    """
+    The app's JSON answer to `method /api/v1/<path>` (with `body` as JSON) at the dashboard of
+    `url`, with its token; `None` when it does not answer, or not with 200 and JSON.
+    """
+    target = f'{app_url(url)}/api/v1/{path}'
+    token = token_of(url)
+    if token:
+        target += f'?{TOKEN_PARAM}={quote(token, safe="")}'
+    data = None if body is None else json.dumps(body).encode('utf-8')
+    req = urllib.request.Request(target, data=data, method=method, headers={'Content-Type': 'application/json'})
+    try:
+        with urllib.request.urlopen(req, timeout=REQUEST_SECONDS) as response:
+            return json.loads(response.read().decode('utf-8'))
+    except (OSError, ValueError):
+        return None  # not reached, refused (403, 404: an HTTPError is an OSError), or not JSON
+
+
+def claim(url: str, run_uuid: str) -> bool:
+    """Claim a run, as the run page's Claim button does, so that no clean-up deletes it (`False`: not known yet)."""
+    answer = api(url, 'PUT', f'run/{run_uuid}/claim', {})
+    return isinstance(answer, dict) and bool(answer.get('is_successful'))
+
+
+def listed_name(name: str, run_uuid: str) -> str:
+    """What the runs list shows as a run's name: labml's (the experiment's), then the uuid's first 8 characters."""
+    short = run_uuid[:8]
+    if name == short or name.endswith(NAME_SEPARATOR + short):
+        return name  # named already
+    return f'{name}{NAME_SEPARATOR}{short}' if name else short
+
+
+def name_run(url: str, run_uuid: str) -> bool:
+    """Give the dashboard's copy of the run its listed name (the run's page's rename, with the token)."""
+    run = api(url, 'GET', f'run/{run_uuid}')
+    if not isinstance(run, dict) or 'name' not in run:
+        return False  # not known yet
+    name = listed_name(str(run['name'] or ''), run_uuid)
+    if name == run['name']:
+        return True
+    # only the name: the comment is the user's, as labml sent it
+    answer = api(url, 'POST', f'run/{run_uuid}', {'name': name})
+    return isinstance(answer, dict) and not answer.get('errors')
+
+
+def series_names(url: str, run_uuid: str) -> Optional[List[str]]:
+    """The names of a run's series, in the order the app lists them (by name), or `None`."""
+    answer = api(url, 'GET', f'metrics/{run_uuid}')
+    if not isinstance(answer, dict) or not isinstance(answer.get('series'), list):
+        return None
+    return [str(s.get('name')) for s in answer['series'] if isinstance(s, dict)]
+
+
+def first_chart(names: List[str]) -> List[int]:
+    """
+    The metrics preferences' `series_preferences` for series `names`, in the app's order: one
+    number per series, its place on the chart (0, 1, ...) for the losses, -1 (not plotted) for
+    every other. The page reads it by position, so it is right only for exactly these names.
+    """
+    places = iter(range(len(names)))
+    return [next(places) if name in FIRST_CHART else -1 for name in names]
+
+
+def show_losses(url: str, run_uuid: str, names: List[str]) -> bool:
+    """Have the run's chart plot its losses only, for the series `names` the app has now."""
+    answer = api(url, 'POST', f'metrics/preferences/{run_uuid}',
+                 {'series_preferences': first_chart(names), 'chart_type': 0})  # 0: a linear axis
+    # (`{}` when the app has no preferences for the run yet: not known yet)
+    return isinstance(answer, dict) and answer.get('errors') == []
+
+
+def present(url: str, run_uuid: str) -> bool:
+    """
+    Claim the run, name it, and have its chart plot its losses, for the series the app has now
+    (at the end, when they are all there); `False` while the app does not know the run yet.
+    """
+    if not claim(url, run_uuid):
+        return False
+    name_run(url, run_uuid)
+    names = series_names(url, run_uuid)
+    if names and set(names) & set(FIRST_CHART):
+        show_losses(url, run_uuid, names)
+    return True
+
+
+# ### While the run trains
+#
+# The app knows a run from labml's first update (sent from labml's own thread), and its series
+# as they come: `loss.train` with the first report, `loss.valid` with the first validation, so
+# the chart's preferences, read by position, must follow the list. A daemon thread does it, so
+# that training never waits for the dashboard.
+
+# The watch of each run of this process that trains: its uuid -> (its thread, what stops it)
+_watches: Dict[str, Tuple[threading.Thread, threading.Event]] = {}
 
 
 def claim_soon(url: Optional[str], run_uuid: str):
     """
-    At the start of training: claim the run as soon as the dashboard knows it (labml's sender
-    creates it there with its first update, from its own thread), retrying from a daemon thread
-    so that training never waits for it.
+    At the start of training: present the run as soon as the dashboard knows it (claimed and
+    named, retrying for `FLUSH_SECONDS`), then, until `finish`, keep its chart on its losses
+    as its series come: set once both losses are there, and again whenever the list changes.
     """
     if url is None:
         return
+    stop = threading.Event()
 
-    def keep_trying():
+    def watch():
         deadline = time.time() + FLUSH_SECONDS
-        while not claim(url, run_uuid) and time.time() < deadline:
-            time.sleep(0.5)
+        while not claim(url, run_uuid):
+            if time.time() >= deadline or stop.wait(0.5):
+                return  # never known: `finish` tries once more
+        name_run(url, run_uuid)
+        shown = None
+        while not stop.is_set():
+            names = series_names(url, run_uuid)
+            # Both losses, or nothing: set with `loss.train` alone, the preferences would be
+            # a place short once the first validation brings `accuracy.valid` (listed before
+            # it), and the chart would plot `grad_norm` until we saw the new list.
+            if names and names != shown and set(FIRST_CHART) <= set(names) and not stop.is_set() \
+                    and show_losses(url, run_uuid, names):
+                shown = names
+            stop.wait(WATCH_SECONDS)
 
-    threading.Thread(target=keep_trying, name='claim run', daemon=True).start()
+    thread = threading.Thread(target=watch, name='dashboard run', daemon=True)
+    _watches[run_uuid] = (thread, stop)
+    thread.start()
 
 
-def claim(url: str, run_uuid: str) -> bool:
-    """Claim a run, as the run page's Claim button does (with the token), so that no clean-up deletes it."""
-    target = f'{app_url(url)}/api/v1/run/{run_uuid}/claim'
-    token = token_of(url)
-    if token:
-        target += f'?{TOKEN_PARAM}={quote(token, safe="")}'
-    req = urllib.request.Request(target, data=b'{}', method='PUT', headers={'Content-Type': 'application/json'})
-    try:
-        with urllib.request.urlopen(req, timeout=PROBE_SECONDS * 5) as response:
-            return bool(json.loads(response.read().decode('utf-8')).get('is_successful'))
-    except (OSError, ValueError):
-        return False
+def _stop_watching(run_uuid: str):
+    """End the watch of `claim_soon`, letting a request it is making finish (so that it does not undo `present`'s)."""
+    thread, stop = _watches.pop(run_uuid, (None, None))
+    if thread is not None:
+        stop.set()
+        thread.join(REQUEST_SECONDS + 1)
 
 
 # ## The doors

@@ -224,7 +224,7 @@ def train(overrides: Optional[Dict[str, Any]] = None, *, name: Optional[str] = N
     try:
         with labml_glue.start(parent=start.name.split(':')[0] if step is not None else None, step=step or 0,
                               daemon_sender=dashboard_api is not None):
-            # in the dashboard's runs list while it trains
+            # in the dashboard's runs list while it trains, its name with its uuid, its chart on its losses
             dashboard.claim_soon(dashboard_api, run_uuid)
             if world.is_main:
                 # The tokenizer goes with the run, for `generate` and every run that continues it.

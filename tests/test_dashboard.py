@@ -7,7 +7,8 @@ gpt_experiment.dashboard` tells its user where it is, once it answers there.
 The dashboard's doors: a path that leaves the app's folder is a 404, however it is written; a
 write without the dashboard's token is refused and changes nothing, while the run's writes,
 which carry it, go through; a host beyond loopback needs a token; each failure to start is one
-line. The tests that start a dashboard or train are slow; the launcher's refusals are not.
+line. A run claims itself, gives its name the uuid's first characters, and keeps its chart on
+its two losses as its series come. The tests that start a dashboard or train are slow; the launcher's refusals are not.
 """
 
 import http.client
@@ -67,7 +68,16 @@ def test_dashboard_command_prints_its_url_once_it_answers(tmp_path):
 
 
 @pytest.mark.slow
-def test_a_run_is_claimed_while_it_trains_and_the_app_logs_into_its_data_folder(tmp_path):
+def _get(base: str, path: str):
+    """The app's JSON answer to `GET /api/v1/<path>`, or `None`."""
+    try:
+        with urllib.request.urlopen(f'{base}/api/v1/{path}', timeout=10) as response:
+            return json.loads(response.read())
+    except OSError:
+        return None
+
+
+def test_a_run_is_claimed_named_and_charted_while_it_trains_and_the_app_logs_into_its_data_folder(tmp_path):
     import signal
     import subprocess
     from conftest import REPO_ROOT
@@ -82,24 +92,28 @@ def test_a_run_is_claimed_while_it_trains_and_the_app_logs_into_its_data_folder(
         proc = subprocess.Popen([sys.executable, '-m', 'gpt_experiment.main', 'text=corpus.txt', 'epochs=100000',
                                  *(f'{k}={v}' for k, v in TINY.items())], cwd=project, env=env,
                                 stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-        claimed = False
+        claimed = named = charted = False
         try:
             deadline = time.time() + 120
-            while time.time() < deadline and proc.poll() is None and not claimed:
+            while time.time() < deadline and proc.poll() is None and not (claimed and named and charted):
                 time.sleep(1)
                 runs = run_dirs(project, 'gpt')
                 if not runs:
                     continue
-                try:
-                    with urllib.request.urlopen(f'{base}/api/v1/run/{runs[0].name}', timeout=10) as response:
-                        claimed = json.loads(response.read())['is_claimed']
-                except OSError:
-                    pass  # not known to the dashboard yet
+                uuid = runs[0].name
+                run = _get(base, f'run/{uuid}')
+                if run is None:
+                    continue  # not known to the dashboard yet
+                claimed, named = run['is_claimed'], run['name'] == f'gpt · {uuid[:8]}'
+                # its chart plots the losses, once the first validation has brought loss.valid
+                names = [s['name'] for s in _get(base, f'metrics/{uuid}')['series']]
+                charted = {'loss.train', 'loss.valid'} <= set(names) and \
+                    _get(base, f'metrics/preferences/{uuid}')['series_preferences'] == dashboard.first_chart(names)
             still_training = proc.poll() is None
         finally:
             proc.send_signal(signal.SIGINT)
             proc.communicate(timeout=60)
-        assert claimed and still_training, proc.stderr
+        assert claimed and named and charted and still_training, proc.stderr
     # the app's own log is in its data folder, not in the folder it was started from
     assert (home / '.labml' / 'app' / 'data' / 'labml_app.log').is_file()
     assert not (home / 'labml_app.log').exists()
@@ -316,3 +330,64 @@ def test_a_run_the_dashboard_would_refuse_is_told_before_it_trains(served, monke
     monkeypatch.setenv(dashboard.TOKEN_ENV, token)
     monkeypatch.setattr(dashboard.labml_glue, 'configured_dashboard_url', lambda: f'{base}/api/v1/track?')
     assert dashboard.connect({'web_api'}) == given[-1] == f'{base}/api/v1/track?labml_token={token}&' and not dropped
+
+
+# ## What a run shows: its name with its uuid, its losses on its chart
+
+def test_the_first_chart_plots_the_losses_by_their_places_in_the_apps_list():
+    names = ['accuracy.train', 'accuracy.valid', 'grad_norm', 'loss.train', 'loss.valid', 'lr', 'tokens_per_second']
+    assert dashboard.first_chart(names) == [-1, -1, -1, 0, 1, -1, -1]
+    assert dashboard.first_chart(['grad_norm', 'loss.train', 'lr']) == [-1, 0, -1]
+    assert dashboard.first_chart([]) == []
+
+
+def test_the_listed_name_adds_the_uuid_once():
+    uuid = '147f2928edad11f19c3602fc00000001'
+    assert dashboard.listed_name('gpt', uuid) == 'gpt · 147f2928'
+    assert dashboard.listed_name('gpt · 147f2928', uuid) == 'gpt · 147f2928'
+    assert dashboard.listed_name('', uuid) == '147f2928'
+
+
+@pytest.mark.slow
+def test_the_chart_follows_the_series_as_they_come_and_the_comment_stays(served, monkeypatch):
+    base, token, home, _ = served
+    uuid = 'c3' * 16
+    url = f'{base}/api/v1/track?labml_token={token}&'
+    monkeypatch.setattr(dashboard, 'WATCH_SECONDS', 0.2)
+
+    def send(names, **run):
+        # what labml's sender posts (the app holds each answer for 3 s)
+        track = {n: {'step': [1, 2], 'value': [3.0, 2.5]} for n in names}
+        status, body = request(base, 'POST', f'/api/v1/track?run_uuid={uuid}&labml_version=0.4.168&labml_token={token}',
+                               [{**run, 'time': time.time(), 'track': track}])
+        assert status == 200 and json.loads(body)['errors'] == [], body
+
+    def preferences():
+        return json.loads(request(base, 'GET', f'/api/v1/metrics/preferences/{uuid}')[1])['series_preferences']
+
+    def soon(check):
+        deadline = time.time() + 30
+        while not check():
+            assert time.time() < deadline
+            time.sleep(0.1)
+
+    # The first report: the losses are not both there, and nothing is set.
+    send(['loss.train', 'accuracy.train', 'lr', 'grad_norm', 'tokens_per_second'], name='gpt', comment='a note')
+    dashboard.claim_soon(url, uuid)
+    soon(lambda: _run(base, uuid)['name'] == f'gpt · {uuid[:8]}')
+    run = _run(base, uuid)
+    assert run['is_claimed'] and run['comment'] == 'a note'
+    time.sleep(1)
+    assert preferences() == []
+    # The first validation: both losses, by their places
+    send(['loss.valid', 'accuracy.valid'])
+    soon(lambda: preferences() == [-1, -1, -1, 0, 1, -1, -1])
+    # A series that comes later, listed before the losses, moves them: the preferences follow.
+    send(['bits_per_byte'])
+    soon(lambda: preferences() == [-1, -1, -1, -1, 0, 1, -1, -1])
+    # At the end, once more: the same.
+    dashboard._stop_watching(uuid)
+    assert dashboard.present(url, uuid)
+    assert preferences() == [-1, -1, -1, -1, 0, 1, -1, -1]
+    run = _run(base, uuid)
+    assert run['name'] == f'gpt · {uuid[:8]}' and run['comment'] == 'a note'

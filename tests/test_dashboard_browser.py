@@ -1,7 +1,9 @@
 """
 The dashboard, proven in a real browser: a tiny run sent to labml's dashboard shows its loss
 curves and the overrides it was given, in headless Chromium (Debian's `chromium`) driven by
-Playwright for Python.
+Playwright for Python. Its chart, on the run's page and on its metrics page, plots the two
+losses and not the rates, which stay listed beside it; the runs list shows the run's uuid and
+its comment. Screenshots of the three pages go to `tests/screenshots/`.
 
 The dashboard's page loads d3, Bootstrap, the Sentry tracing bundle and Font Awesome from
 public CDNs; offline, we route those URLs to the same files installed from the npm registry
@@ -37,6 +39,24 @@ SCREENSHOTS = Path(os.environ.get('SCREENSHOT_DIR', REPO_ROOT / 'tests' / 'scree
 
 # The overrides of the run, as the configs card must show them
 OVERRIDES = {**TINY, 'epochs': 2, 'inner_iterations': 1, 'sample_tokens': 5}
+COMMENT = 'browser test'
+# What the trainer tracks: the losses go on the chart, the rest are listed beside it
+LOSSES = ['loss.train', 'loss.valid']
+LISTED = ['accuracy.train', 'accuracy.valid', 'grad_norm', 'loss.train', 'loss.valid', 'lr', 'tokens_per_second']
+
+# The series a metrics chart plots, read from the page: the chart draws one line per plotted
+# series (`path.smoothed-line`) in the series' colour, and the list below it writes each
+# series' name in its colour when plotted, in a neutral one when not.
+PLOTTED = """
+card => {
+    const lines = [...card.querySelectorAll('svg#chart path.smoothed-line')];
+    const colours = new Set(lines.map(l => getComputedStyle(l).stroke));
+    const titles = [...card.querySelectorAll('.sparkline-list-item .title')];
+    return {lines: lines.length,
+            listed: titles.map(t => t.textContent),
+            plotted: titles.filter(t => colours.has(getComputedStyle(t).color)).map(t => t.textContent)};
+}
+"""
 
 
 def _browser_missing() -> str:
@@ -82,19 +102,24 @@ def test_a_run_shows_its_metrics_and_configs_on_the_dashboard(tmp_path, monkeypa
         with open(project / '.labml.yaml', 'a') as f:
             f.write(f'web_api: {base}/api/v1/track?\nweb_api_open_browser: false\n')
         monkeypatch.setenv('GPT_DASHBOARD_TOKEN', dashboard_token(tmp_path / 'home'))
-        result = run_cli(['text=corpus.txt', *(f'{k}={v}' for k, v in OVERRIDES.items())], cwd=project)
+        result = run_cli(['text=corpus.txt', *(f'{k}={v}' for k, v in OVERRIDES.items()), '--comment', COMMENT],
+                         cwd=project)
         assert result.returncode == 0, result.stderr[-3000:]
         assert 'not reached' not in result.stdout
         page_url = re.search(rf'dashboard:\s+({re.escape(base)}/run/\w+)', result.stdout)
         assert page_url, result.stdout[-2000:]
 
+        run_uuid = page_url.group(1).rsplit('/', 1)[1]
+
         SCREENSHOTS.mkdir(parents=True, exist_ok=True)
-        screenshot = SCREENSHOTS / 'dashboard_run.png'
+        shots = {name: SCREENSHOTS / f'dashboard_{name}.png' for name in ('run', 'metrics', 'runs')}
         with sync_playwright() as p:
             browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
             try:
                 page = browser.new_page(viewport={'width': 1200, 'height': 1600})
                 page.route('**/*', _route(base))
+
+                # The run's page: its first chart plots the losses, and lists the rest.
                 page.goto(page_url.group(1))
                 metrics = page.locator('.labml-card', has=page.locator('h3.header', has_text='Metrics'))
                 configs = page.locator('.labml-card', has=page.locator('h3.header', has_text='Configurations'))
@@ -102,6 +127,8 @@ def test_a_run_shows_its_metrics_and_configs_on_the_dashboard(tmp_path, monkeypa
                 expect(metrics).to_contain_text('loss.valid')
                 # the chart itself is drawn
                 expect(metrics.locator('svg path').first).to_be_visible()
+                chart = metrics.evaluate(PLOTTED)
+                assert chart == {'lines': 2, 'listed': LISTED, 'plotted': LOSSES}, chart
                 expect(configs).to_contain_text('text_file', timeout=30_000)
                 text = configs.inner_text()
                 for key, value in OVERRIDES.items():
@@ -109,8 +136,32 @@ def test_a_run_shows_its_metrics_and_configs_on_the_dashboard(tmp_path, monkeypa
                     assert re.search(rf'^{re.escape(key)}\s*:?\s*{re.escape(shown)}$', text, re.M), (key, text)
                 assert 'text_file' in text  # its value is shortened to fit
                 # The run was claimed at the end of training: no "will be deleted" banner.
-                assert 'will be deleted' not in page.inner_text('body')
-                page.screenshot(path=str(screenshot), full_page=True)
+                body = page.inner_text('body')
+                assert 'will be deleted' not in body
+                # its header: the name with the uuid, and the comment
+                assert f'gpt · {run_uuid[:8]}' in body and COMMENT in body
+                page.screenshot(path=str(shots['run']), full_page=True)
+
+                # Its metrics page (a click on the card), where the app plots every series unless
+                # told otherwise: the losses, and the rates each a click away, listed.
+                metrics.click()
+                page.wait_for_url(f'**/run/{run_uuid}/metrics')
+                view = page.locator('.detail-card')
+                expect(view.locator('.sparkline-list-item')).to_have_count(len(LISTED), timeout=30_000)
+                expect(view.locator('svg#chart path.smoothed-line')).to_have_count(2)
+                chart = view.evaluate(PLOTTED)
+                assert chart == {'lines': 2, 'listed': LISTED, 'plotted': LOSSES}, chart
+                # (the list marks the plotted ones, which a click toggles)
+                assert view.locator('.sparkline-list-item.selected .title').all_inner_texts() == LOSSES
+                page.screenshot(path=str(shots['metrics']), full_page=True)
+
+                # The runs list: the run by its name with its uuid, and its comment.
+                page.goto(f'{base}/runs')
+                item = page.locator('a.list-item', has_text=run_uuid[:8])
+                expect(item).to_have_count(1, timeout=30_000)
+                expect(item.locator('h5')).to_have_text(f'gpt · {run_uuid[:8]}')
+                expect(item.locator('h6')).to_have_text(COMMENT)
+                page.screenshot(path=str(shots['runs']), full_page=True)
             finally:
                 browser.close()
-        print(f'\nscreenshot: {screenshot}')
+        print(f'\nscreenshots: {", ".join(str(s) for s in shots.values())}')
