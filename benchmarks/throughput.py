@@ -128,6 +128,13 @@ def batches_of(loader):
 def compare(args, overrides: dict):
     import labml_nn.transformers.gpt as stock_gpt
     warnings.filterwarnings('ignore', message='Overriding option')
+    # labml_nn's recipe reads Tiny Shakespeare from labml's `data/` (and downloads it when it is
+    # not there): give it the copy that ships with this package.
+    from labml import lab
+    data = Path(lab.get_data_path()) / 'tiny_shakespeare.txt'
+    if not data.exists():
+        data.parent.mkdir(parents=True, exist_ok=True)
+        data.write_bytes(corpus.tiny_shakespeare().parts[0].open().read())
     # Stock first: labml 0.4.168 copies a subclass's defaults into its base classes' config
     # items when the subclass is instantiated, so labml_nn's configs must be computed before
     # ours exist.
@@ -269,7 +276,8 @@ def main():
     parser.add_argument('overrides', nargs='*', help='extra key=value overrides for both models')
     parser.add_argument('--shape', choices=SHAPES, default='small')
     parser.add_argument('--batch', type=int, help='batch size (default: the shape\'s)')
-    parser.add_argument('--dtype', choices=['float32', 'bfloat16', 'float16'], default='float32')
+    parser.add_argument('--dtype', choices=['auto', 'float32', 'bfloat16', 'float16'], default='auto',
+                        help="this project's dtype (default: auto, what a run takes)")
     parser.add_argument('--device', choices=['cpu', 'cuda'], default='cpu')
     parser.add_argument('--compile', action='store_true', help='torch.compile the fast model')
     parser.add_argument('--stock-dtype', choices=['float32', 'bfloat16', 'float16'], default='float32',

@@ -168,13 +168,36 @@ class AdamWarmupCosineDecay(torch.optim.Adam):
             group['eps'] = eps / math.sqrt(1 - group['betas'][1] ** t) if self.optimized_update else eps
 
     @torch.no_grad()
+    def clip_grad_norm_(self, max_norm: float) -> torch.Tensor:
+        r"""
+        Gradient clipping as `torch.nn.utils.clip_grad_norm_` does it: when the norm $\|g\|$ of
+        all the gradients together exceeds `max_norm`, every gradient is scaled by
+        $\text{max_norm} / (\|g\| + 10^{-6})$. With the fused kernel the scaling is left to the
+        step: the kernel divides each gradient by `grad_scale` as it reads it (the hook
+        PyTorch's gradient scaler uses), which saves a pass over the gradients. Returns the
+        norm before clipping.
+        """
+        grads = [p.grad for group in self.param_groups for p in group['params'] if p.grad is not None]
+        norm = torch.nn.utils.get_total_norm(grads, foreach=True)
+        if self.param_groups[0]['fused']:
+            self.grad_scale = torch.clamp((norm + 1e-6) / max_norm, min=1.0)
+        else:
+            torch.nn.utils.clip_grads_with_norm_([p for g in self.param_groups for p in g['params']], max_norm,
+                                                 norm, foreach=True)
+        return norm
+
+    @torch.no_grad()
     def step(self, closure=None):
         for group in self.param_groups:
             if group.get('_decay_apart'):
                 for p in group['params']:
                     p.mul_(1 - group['_decay_apart'])
         self.steps += 1
-        return super().step(closure)
+        try:
+            return super().step(closure)
+        finally:
+            # the clipping is this step's only
+            self.grad_scale = None
 
     def load_state_dict(self, state_dict):
         # The moments and step counts come from the checkpoint; the group values (learning
@@ -233,6 +256,10 @@ class Muon:
         self.adam.set_lr(lr)
         for group in self.muon.param_groups:
             group['lr'] = lr * self.lr_scale
+
+    def clip_grad_norm_(self, max_norm: float) -> torch.Tensor:
+        return torch.nn.utils.clip_grad_norm_([p for g in self.param_groups for p in g['params']], max_norm,
+                                              foreach=True)
 
     def step(self, closure=None):
         self.adam.step()

@@ -250,10 +250,12 @@ class Trainer(NLPAutoRegressionConfigs):
                     loss = self.loss_func(output, y)
                 self._metrics.add(tokens, loss, output, y)
                 self.grad_scaler.scale(loss * (y.numel() / target.numel())).backward()
-        # Clip the true gradients, not the scaled ones.
+        # Clip the true gradients, not the scaled ones: the optimizer clips in its step, or,
+        # with float16's gradient scaler (which takes the step's own scaling), PyTorch does.
         self.grad_scaler.unscale_(self.optimizer)
-        self._metrics.add_grad_norm(torch.nn.utils.clip_grad_norm_(self.model.parameters(),
-                                                                   max_norm=self.grad_norm_clip, foreach=True))
+        self._metrics.add_grad_norm(
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), max_norm=self.grad_norm_clip, foreach=True)
+            if self.grad_scaler.is_enabled() else self.optimizer.clip_grad_norm_(self.grad_norm_clip))
         # The learning rate after this step's tokens
         self.optimizer.set_lr(self.schedule(tokens))
         self.grad_scaler.step(self.optimizer)

@@ -104,8 +104,9 @@ def _train_pair(decouple: bool, max_norm=None, steps=10, eps=1e-8, absolute=Fals
                 stock_class=AdamWarmupCosineDecay, device='cpu', zero_lr_on_odd_steps=False):
     """
     labml_nn's optimizer on the CPU against ours (on `device`) with its schedule, from the same
-    start, both clipped by PyTorch's `clip_grad_norm_` when `max_norm` is given. labml_nn counts
-    its schedule in steps; ours counts tokens, here one a step.
+    start, clipped when `max_norm` is given: labml_nn's by PyTorch's `clip_grad_norm_`, ours by
+    its own (which, with the fused kernel, leaves the scaling to the step). labml_nn counts its
+    schedule in steps; ours counts tokens, here one a step.
     """
     ours = ours or optimizers.AdamWarmupCosineDecay
     torch.manual_seed(0)
@@ -127,7 +128,8 @@ def _train_pair(decouple: bool, max_norm=None, steps=10, eps=1e-8, absolute=Fals
         for model, opt in ((a, opt_a), (b, opt_b)):
             model(x.to(next(model.parameters()).device)).logsumexp(-1).sum().backward()
             if max_norm is not None:
-                norms.append(torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm))
+                norms.append(opt.clip_grad_norm_(max_norm) if opt is opt_b
+                             else torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm))
             if opt is opt_b:
                 opt.set_lr(0.0 if zero_lr_on_odd_steps and t % 2 else schedule(t))
             opt.step()
