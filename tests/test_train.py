@@ -127,7 +127,7 @@ def test_help_tells_what_a_run_would_use(tmp_path):
                 'transformer.n_src_vocab', 'd_model'} & set(keys)
     assert 'basic_english' not in keys['tokenizer'][0]
     # with a preset, the preset's values
-    assert 'int    96' in _help(project, str(REPO_ROOT / 'configs' / 'cpu_quick.yaml'))['transformer.d_model'][0]
+    assert 'int    112' in _help(project, str(REPO_ROOT / 'configs' / 'cpu_quick.yaml'))['transformer.d_model'][0]
     assert not (project / 'logs').exists()
 
 
