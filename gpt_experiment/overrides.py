@@ -18,6 +18,7 @@ the table equal to what `Configs` declares.
 """
 
 import difflib
+import functools
 import inspect
 import json
 import math
@@ -93,10 +94,12 @@ def _plain(comment: str) -> str:
     return ' '.join(comment.split())
 
 
+@functools.lru_cache(maxsize=None)
 def _comments(configs_class: type) -> Dict[str, str]:
     """
     The `#` comment above each field of a configs class and of its bases (labml_nn writes one
-    above every field), as one line: what `--help` says of the key.
+    above every field), as one line: what `--help` says of the key. Read from the sources
+    once a process (parsing them is most of a check's time).
     """
     found = {}
     for cls in reversed(inspect.getmro(configs_class)):

@@ -21,7 +21,7 @@ from gpt_experiment.training import compute_ahead, configure
 
 from conftest import TINY
 
-# Hundreds of examples: a minute and a half.
+# Hundreds of examples, each through labml's configs.
 pytestmark = pytest.mark.slow
 
 KEYS = sorted(config_keys(Configs))
