@@ -18,7 +18,7 @@ from labml_nn.optimizers.adam_warmup_cosine_decay import AdamWarmupCosineDecay
 from labml_nn.transformers.mha import MultiHeadAttention
 
 from gpt_experiment import UserError, optimizer as optimizers
-from gpt_experiment.model import SDPAttention
+from gpt_experiment.model import Dropout, SDPAttention
 from gpt_experiment.optimizer import AdamWarmupCosineToZero, WarmupCosine, decay_groups
 from gpt_experiment import train
 
@@ -67,6 +67,69 @@ def test_sdpa_attention_in_both_layouts_with_a_padding_mask():
         y = torch.randn(6, 3, 32)
         torch.testing.assert_close(fast(query=x, key=y, value=y, mask=mask), stock(query=x, key=y, value=y, mask=mask),
                                    rtol=0, atol=1e-5)
+
+
+class _FixedMask(torch.nn.Module):
+    """A dropout with a given mask, to run labml_nn's attention and ours on the same one."""
+
+    def __init__(self, mask: torch.Tensor, p: float):
+        super().__init__()
+        self.mask, self.p = mask, p
+
+    def forward(self, x):
+        return x * self.mask / (1 - self.p)
+
+
+def test_sdpa_attention_with_dropout_on_a_cpu_is_labml_mha_with_the_same_mask():
+    torch.manual_seed(0)
+    p = 0.3
+    stock = MultiHeadAttention(4, 32, dropout_prob=p).train()
+    fast = SDPAttention(4, 32, dropout_prob=p).train()
+    fast.load_state_dict(stock.state_dict())
+    x = torch.randn(6, 3, 32, requires_grad=True)
+    # one mask over `[batch, heads, query, key]`; labml_nn's scores are `[query, key, batch, heads]`
+    mask = torch.rand(3, 4, 6, 6) >= p
+    fast.dropout, stock.dropout = _FixedMask(mask, p), _FixedMask(mask.permute(2, 3, 0, 1), p)
+    causal = torch.ones(6, 6, dtype=torch.bool).tril().unsqueeze(-1)
+    expected = stock(query=x, key=x, value=x, mask=causal)
+    got = fast(query=x, key=x, value=x, mask=causal)
+    torch.testing.assert_close(got, expected, rtol=0, atol=1e-5)
+    # and batch first, causal without a mask, as the GPT runs it
+    fast.batch_first = fast.is_causal = True
+    xb = x.transpose(0, 1)
+    torch.testing.assert_close(fast(query=xb, key=xb, value=xb), expected.transpose(0, 1), rtol=0, atol=1e-5)
+    (g,) = torch.autograd.grad(got.sum(), x)
+    (g_stock,) = torch.autograd.grad(expected.sum(), x)
+    torch.testing.assert_close(g, g_stock, rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize('dtype', [torch.float32, torch.bfloat16])
+def test_the_models_dropout_keeps_one_minus_p_and_scales_as_pytorchs(dtype):
+    torch.manual_seed(0)
+    p = 0.1
+    drop = Dropout(p)
+    x = torch.rand(1000, 1000, dtype=dtype).add_(0.5).requires_grad_()
+    y = drop(x)
+    kept = y != 0
+    # 10^6 draws: the keep rate is within five standard deviations of 1 - p
+    assert abs(kept.float().mean().item() - (1 - p)) < 5 * math.sqrt(p * (1 - p) / kept.numel())
+    # each kept element is x / (1 - p), to the rounding of x's dtype, and the others are 0
+    ulp = torch.finfo(dtype).eps
+    torch.testing.assert_close(y, (x.detach().float() * kept / (1 - p)).to(dtype), rtol=ulp, atol=0)
+    # the gradient is the same mask and scale
+    (g,) = torch.autograd.grad(y.sum(), x)
+    torch.testing.assert_close(g, (kept / (1 - p)).to(dtype), rtol=ulp, atol=0)
+    # in evaluation, or with p = 0, it is the identity; with p = 1, zeros
+    assert torch.equal(drop.eval()(x), x) and torch.equal(Dropout(0.0)(x), x)
+    assert not Dropout(1.0)(x).any()
+
+
+def test_every_dropout_of_the_gpt_is_the_models_own(tiny_configs):
+    model = tiny_configs(**{'transformer.dropout': 0.1, 'embedding_dropout': 0.1}).model
+    drops = [m for m in model.modules() if isinstance(m, torch.nn.Dropout)]
+    # the embeddings', and in each layer the attention's, the residuals' and the feed-forward's
+    assert len(drops) >= 1 + 3 * len(model.encoder.layers)
+    assert all(type(m) is Dropout and m.p == 0.1 for m in drops)
 
 
 def test_the_sdpa_gpt_is_one_graph_for_torch_compile(tiny_configs):
