@@ -286,3 +286,39 @@ def test_a_damaged_cache_is_noticed_and_rebuilt(tmp_path, large, damage, capsys)
     again = load(path)
     assert np.array_equal(again.train, good)
     assert 'tokenising again' in capsys.readouterr().out
+
+
+@pytest.mark.parametrize('edit', [
+    lambda itos: itos[:1] + itos[2:],                        # a character gone: every later id shifts
+    lambda itos: [('Z' if ch == 'z' else ch) for ch in itos],  # another character, the same ids
+], ids=['a character gone', 'a character changed'])
+def test_a_changed_cache_tokenizer_is_noticed_and_rebuilt(tmp_path, large, edit, capsys):
+    import json
+    path = tmp_path / 'text.txt'
+    path.write_text(CORPUS, encoding='utf-8')
+    load(path)
+    tokenizer_file, = _cache_files(path, 'tokenizer-*.json')
+    saved = json.loads(tokenizer_file.read_text())
+    tokenizer_file.write_text(json.dumps({**saved, 'itos': edit(saved['itos'])}))
+    capsys.readouterr()
+    again = load(path)
+    # the text as it is, not as the changed tokenizer would read the cached ids
+    assert text_of(again, 'train') + text_of(again, 'valid') == CORPUS
+    assert json.loads(again.tokenizer.to_json()) == saved
+    assert 'tokenising again' in capsys.readouterr().out
+
+
+@pytest.mark.parametrize('pattern', ['tokenizer-*.json', 'tokens-*.json', 'training-*.u16'])
+def test_an_empty_cache_file_is_noticed_and_rebuilt(tmp_path, large, pattern, capsys):
+    path = tmp_path / 'text.txt'
+    path.write_text(CORPUS, encoding='utf-8')
+    good = np.array(load(path).train)
+    emptied, = _cache_files(path, pattern)
+    emptied.write_bytes(b'')
+    capsys.readouterr()
+    again = load(path)
+    assert np.array_equal(again.train, good)
+    assert text_of(again, 'train') + text_of(again, 'valid') == CORPUS
+    assert 'tokenising again' in capsys.readouterr().out
+    # and written again: the next load reads the cache as it is
+    assert emptied.stat().st_size > 0

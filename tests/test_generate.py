@@ -193,3 +193,29 @@ def test_generate_from_the_command_line_with_bpe(project):
     assert result.returncode == 0, result.stderr
     # stdout is the text alone: the prompt, exactly, and its continuation
     assert result.stdout.startswith('Déjà vu 😀') and len(result.stdout) > len('Déjà vu 😀') + 1
+
+
+@pytest.mark.slow
+def test_sigterm_while_generating_is_one_line_and_143(trained_run, project):
+    import select
+    import signal
+    import time
+    env = dict(os.environ, PYTHONPATH=str(REPO_ROOT), OMP_NUM_THREADS='1')
+    # far more tokens than it can make before the signal: it is sampling when the signal comes
+    proc = subprocess.Popen([sys.executable, '-m', 'gpt_experiment.generate', '--run', trained_run.name,
+                             '--prompt', 'It is', '--max-new-tokens', '10000000'],
+                            cwd=project, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        # the prompt and the first tokens are out: the loop runs
+        deadline = time.monotonic() + 120
+        seen = b''
+        while len(seen) < 20 and time.monotonic() < deadline and proc.poll() is None:
+            if select.select([proc.stdout], [], [], 1)[0]:
+                seen += os.read(proc.stdout.fileno(), 4096)
+        assert len(seen) >= 20 and proc.poll() is None, (seen, proc.stderr.read()[-2000:] if proc.poll() is not None else '')
+        proc.send_signal(signal.SIGTERM)
+        _, stderr = proc.communicate(timeout=30)
+    finally:
+        proc.kill()
+    assert proc.returncode == 143, stderr[-2000:]
+    assert stderr.decode().strip().splitlines() == ['terminated'], stderr[-2000:]

@@ -395,3 +395,26 @@ def test_a_muon_run_stopped_twice_resumes_exactly(project, monkeypatch):
     assert all(torch.equal(final[k], expected[k]) for k in expected)
     # Muon's momenta were saved and came back
     assert straight['optimizer']['muon']['state']
+
+
+def test_resume_warns_when_the_corpus_has_changed(project, capsys):
+    train({**SCHEDULE, 'epochs': 1}, name='digest')
+    (parent,) = run_dirs(project, 'digest')
+    corpus = project / 'corpus.txt'
+    text = corpus.read_text()
+    warning = 'The corpus has changed since this checkpoint was saved'
+
+    # the text it was trained on: no warning
+    capsys.readouterr()
+    train({'epochs': 2}, resume=parent.name)
+    assert warning not in capsys.readouterr().out
+
+    # another text of the same characters and the same length: the vocabulary and the split fit,
+    # only the digest tells
+    changed = text.replace('apples', 'selppa')
+    assert set(changed) == set(text) and len(changed) == len(text) and changed != text
+    corpus.write_text(changed)
+    capsys.readouterr()
+    train({'epochs': 2}, resume=parent.name)
+    out = capsys.readouterr().out
+    assert warning in out and 'corpus.txt' in out.split(warning)[1].splitlines()[0], out

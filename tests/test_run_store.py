@@ -3,9 +3,11 @@ The run store: one way to find a run and its checkpoints, complete checkpoints o
 that never runs code, and a damaged file named in one line by every command.
 """
 
+import contextlib
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 
@@ -13,7 +15,7 @@ import pytest
 import torch
 import yaml
 
-from gpt_experiment import UserError, runs
+from gpt_experiment import UserError, files, runs
 from gpt_experiment.checkpoints import load_tensors
 from gpt_experiment.evaluate import run as evaluate_run
 from gpt_experiment.generate import run as generate_run
@@ -197,14 +199,37 @@ DAMAGES = {
     'run_log.jsonl a bad line': ('run_log.jsonl', ('runs',), lambda run: (run / 'run_log.jsonl').write_text('{"x": \n')),
     'tokenizer.json not JSON': ('tokenizer.json', ('generate', 'evaluate', 'resume'),
                                 lambda run: (run / 'tokenizer.json').write_text('{"kind": "character", "itos": ')),
+    'tokenizer.json a FIFO': ('tokenizer.json', ('generate', 'evaluate', 'resume'),
+                              lambda run: _fifo(run / 'tokenizer.json')),
+    'info.json a FIFO': ('info.json', ('generate', 'evaluate', 'resume'), lambda run: _fifo(
+        runs.find_checkpoint(run) / 'info.json')),
     # another vocabulary than the model's: the weights do not fit the model it builds
     'tokenizer.json another vocabulary': ('tokenizer.json', ('generate', 'evaluate'), lambda run: (
         run / 'tokenizer.json').write_text(json.dumps({'kind': 'character', 'itos': list('abc')}))),
 }
 
 
+def _fifo(path):
+    path.unlink()
+    os.mkfifo(path)
+
+
 def _cut(path):
     path.write_bytes(path.read_bytes()[:100])
+
+
+@contextlib.contextmanager
+def _within(seconds: int):
+    """Fail the test, instead of hanging it, when the block runs longer than `seconds`."""
+    def hung(*_):
+        raise AssertionError(f'still running after {seconds} s: it hangs')
+    before = signal.signal(signal.SIGALRM, hung)
+    signal.alarm(seconds)
+    try:
+        yield
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, before)
 
 
 @pytest.mark.parametrize('damage', DAMAGES, ids=DAMAGES)
@@ -217,14 +242,15 @@ def test_a_damaged_file_is_one_line_naming_it_in_every_command(trained, project,
         do(run)
         for command in commands:
             capsys.readouterr()
-            if command == 'generate':
-                rc = generate_run(['--run', run.name, '--prompt', 'It is', '--max-new-tokens', '2'])
-            elif command == 'evaluate':
-                rc = evaluate_run(['--run', run.name, '--text', 'held_out.txt'])
-            elif command == 'resume':
-                rc = main_run(['--resume', run.name, 'epochs=2'])
-            else:
-                rc = runs_main([])
+            with _within(60):  # a FIFO opened for reading waits for a writer that never comes
+                if command == 'generate':
+                    rc = generate_run(['--run', run.name, '--prompt', 'It is', '--max-new-tokens', '2'])
+                elif command == 'evaluate':
+                    rc = evaluate_run(['--run', run.name, '--text', 'held_out.txt'])
+                elif command == 'resume':
+                    rc = main_run(['--resume', run.name, 'epochs=2'])
+                else:
+                    rc = runs_main([])
             err = capsys.readouterr().err.strip().splitlines()
             assert len(err) == 1 and file in err[0], (file, command, err)
             if command == 'runs':
@@ -279,3 +305,41 @@ def test_without_its_training_state_a_checkpoint_generates_but_is_not_resumed(tr
     assert main_run(['--resume', trained.name, 'epochs=2']) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and 'cannot be resumed' in err[0] and 'training.pth' in err[0]
+
+
+@pytest.mark.parametrize('file', ['tokenizer.json', 'configs.yaml'])
+def test_a_run_file_over_the_size_limit_is_one_line(trained, project, capsys, file):
+    path = trained / file
+    # one byte over the limit, as a sparse file: nothing is written, and without the limit the
+    # whole of it would be read into memory
+    os.truncate(path, files.RUN_FILE_BYTES + 1)
+    capsys.readouterr()
+    assert generate_run(['--run', trained.name, '--prompt', 'It is', '--max-new-tokens', '2']) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith('error: ') and file in err[0], err
+    assert f'larger than {files.RUN_FILE_BYTES:,} bytes' in err[0], err
+
+
+def test_the_listing_takes_a_huge_pid_and_stray_folders_in_checkpoints(trained, project, capsys):
+    # a run that ended without a word (no run log), whose pid file holds no possible pid
+    huge = _copy(trained, 'pid')
+    (huge / 'run_log.jsonl').unlink()
+    pids = huge / 'pids'
+    pids.mkdir(exist_ok=True)
+    for pid in pids.glob('*.pid'):
+        pid.unlink()
+    (pids / '0.pid').write_text('9' * 40 + '\n')
+    # folders in checkpoints/ that are not steps: a name, a negative number, non-ASCII digits
+    stray = _copy(trained, 'stray')
+    for name in ('latest', '-5', '\uff11\uff12', '12abc'):
+        (stray / 'checkpoints' / name).mkdir()
+    steps = runs.checkpoint_steps(trained)
+    capsys.readouterr()
+    with _within(60):
+        assert runs_main([]) == 0
+    captured = capsys.readouterr()
+    assert 'Traceback' not in captured.err and 'warning: skipping' not in captured.err, captured.err
+    for run in (trained, huge, stray):
+        assert run.name in captured.out, (run.name, captured.out)
+    assert [r.status for r in runs.list_runs(project / 'logs') if r.path == huge] == ['crashed']
+    assert runs.checkpoint_steps(stray) == steps
