@@ -322,3 +322,30 @@ def test_an_empty_cache_file_is_noticed_and_rebuilt(tmp_path, large, pattern, ca
     assert 'tokenising again' in capsys.readouterr().out
     # and written again: the next load reads the cache as it is
     assert emptied.stat().st_size > 0
+
+
+@pytest.mark.parametrize('error', [
+    OSError(28, 'No space left on device'),                    # Python's own writes
+    RuntimeError('PytorchStreamWriter failed writing file'),   # as torch's writer reports it, with no path
+], ids=['OSError', 'RuntimeError'])
+def test_a_full_disk_while_caching_is_one_line_naming_the_file(tmp_path, large, monkeypatch, error):
+    from gpt_experiment import files
+    path = tmp_path / 'text.txt'
+    path.write_text(CORPUS, encoding='utf-8')
+    real = files.write_durably
+
+    def write_durably(target, write):
+        if '-' in target.name and '.u' in target.name:  # a split's token file
+            real(target, write)  # a partial file, as a full disk leaves it
+            raise error
+        return real(target, write)
+    monkeypatch.setattr(files, 'write_durably', write_durably)
+    with pytest.raises(UserError) as e:
+        load(path)
+    message = str(e.value)
+    assert '\n' not in message and message.startswith('cannot write ')
+    assert f'{path.name}.cache' in message and ('No space left on device' in message or 'failed writing' in message)
+    # nothing half-written is left to be read as a cache
+    assert not _cache_files(path, '*.tmp')
+    monkeypatch.setattr(files, 'write_durably', real)
+    assert text_of(load(path), 'train') + text_of(load(path), 'valid') == CORPUS
