@@ -42,8 +42,11 @@ def summarize(run_dir: Path, *, tokens: int, seconds: float, dashboard_url: Opti
     valid = runs.scalars(run_dir, 'loss.valid')
     best = runs.best_valid(run_dir)
     ckpts = runs.checkpoint_steps(run_dir)
+    # the losses come from labml's sqlite writer; without it the run keeps none
+    none = '- (not tracked: --writers has no sqlite)' if not (run_dir / 'sqlite.db').exists() else \
+        '- (no validation loss recorded)'
     lines = [
-        ('best valid loss', f'{best[1]:.4f} at step {best[0]:,}' if best else '- (no validation loss recorded)'),
+        ('best valid loss', f'{best[1]:.4f} at step {best[0]:,}' if best else none),
         # with `valid_batches`, the only one over the whole validation split
         ('last valid loss', f'{valid[-1][1]:.4f} at step {valid[-1][0]:,}' if valid else '-'),
         ('tokens/s', f'{tokens / seconds:,.0f} ({tokens:,} tokens)' if seconds > 0 else '-'),

@@ -385,6 +385,9 @@ class Trainer(NLPAutoRegressionConfigs):
         if self.is_save_models:
             experiment.save_checkpoint()
         saved = 'checkpoint saved' if self.is_save_models else 'no checkpoint (is_save_models=false)'
+        if self._display is not None:
+            # the status line stays as it stands, and what the stop prints comes below it
+            self._display.close()
         logger.log(f"Stopped at step {self._position.tokens:,}; {saved}.", Text.danger)
         raise interrupted(signum)
 

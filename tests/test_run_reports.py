@@ -183,3 +183,10 @@ def test_runs_shows_status_duration_parent_tokens_and_best_loss(project, monkeyp
     assert child.name in rows, out
     assert rows[child.name][4:7] == ['completed', rows[child.name][5], done.name]
     assert re.fullmatch(r'\d+:\d\d:\d\d', rows[child.name][5])
+
+
+def test_a_run_summary_without_sqlite_says_why_it_has_no_losses(tmp_path):
+    from gpt_experiment import reports
+    text = reports.summarize(tmp_path, tokens=1000, seconds=2.0, dashboard_url=None)
+    assert 'best valid loss: - (not tracked: --writers has no sqlite)' in text
+    assert 'tokens/s:        500 (1,000 tokens)' in text
