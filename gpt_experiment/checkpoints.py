@@ -53,9 +53,11 @@ from .errors import UserError
 from .labml_glue import CheckpointSaver, ModelSaver
 
 INFO = 'info.json'
-# The keys of `info.json` besides labml's index of files: the size of each file, and the
-# validation loss at the checkpoint's step, if one was taken there
-SIZES, VALID_LOSS = 'bytes', 'valid_loss'
+# The keys of `info.json` besides labml's index of files: the size of each file, the
+# validation loss at the checkpoint's step, if one was taken there, and the digest of the
+# tokenizer the weights were trained with
+SIZES, VALID_LOSS, TOKENIZER = 'bytes', 'valid_loss', 'tokenizer'
+NOT_FILES = (SIZES, VALID_LOSS, TOKENIZER)
 WEIGHTS, TRAINING = 'model', 'training'
 
 
@@ -63,11 +65,12 @@ class AtomicCheckpointSaver(CheckpointSaver):
     """labml's `CheckpointSaver`, writing into a temporary folder that is renamed when complete, then pruning."""
 
     def __init__(self, path: pathlib.Path, *, skip_step: Optional[int] = None, keep: int = 0,
-                 valid_loss: Callable[[], Optional[float]] = lambda: None):
+                 valid_loss: Callable[[], Optional[float]] = lambda: None, tokenizer: Optional[str] = None):
         super().__init__(path)
         self.skip_step = skip_step
         self.keep = keep
         self.valid_loss = valid_loss
+        self.tokenizer = tokenizer
 
     def save(self, global_step):
         if not self.model_savers:
@@ -88,6 +91,7 @@ class AtomicCheckpointSaver(CheckpointSaver):
             # The size of every file, so that a truncated one is seen without reading it
             info[SIZES] = {f: (tmp / f).stat().st_size for f in info.values()}
             info[VALID_LOSS] = self.valid_loss()
+            info[TOKENIZER] = self.tokenizer
             files.write_durably(tmp / INFO, lambda f: f.write(json.dumps(info).encode('utf-8')))
             files.fsync_dir(tmp)
             os.rename(tmp, final)
@@ -142,15 +146,17 @@ class StateSaver(ModelSaver):
 
 
 def install(model, training_state: Callable[[], Dict], *, resumed_step: Optional[int] = None, keep: int = 0,
-            valid_loss: Callable[[], Optional[float]] = lambda: None):
+            valid_loss: Callable[[], Optional[float]] = lambda: None, tokenizer: Optional[str] = None):
     """
     Make the current labml experiment save checkpoints atomically: the model's weights and the
     training state, keeping the newest `keep` (0: all) and the best by `valid_loss()`, the
-    validation loss at the step saved. A resumed run passes `resumed_step`, the parent's
-    checkpoint it starts from, which it does not save again.
+    validation loss at the step saved. `tokenizer`, the digest of the run's tokenizer, goes into
+    each `info.json`, so that a reader can tell the run's `tokenizer.json` is still the one the
+    weights were trained with. A resumed run passes `resumed_step`, the parent's checkpoint it
+    starts from, which it does not save again.
     """
     labml_glue.set_checkpoint_saver(AtomicCheckpointSaver(labml_glue.checkpoint_path(), skip_step=resumed_step,
-                                                          keep=keep, valid_loss=valid_loss))
+                                                          keep=keep, valid_loss=valid_loss, tokenizer=tokenizer))
     experiment.add_model_savers({WEIGHTS: WeightsSaver(model), TRAINING: StateSaver(TRAINING, training_state)})
 
 
@@ -251,7 +257,9 @@ def load_weights(model, path: Path):
 
 
 def load_info(path: Path) -> Any:
-    """A checkpoint's `info.json`."""
+    """A checkpoint's `info.json`: its own file, not a link (as every file of a checkpoint)."""
+    if (Path(path) / INFO).is_symlink():
+        raise UserError(f'{Path(path) / INFO} is a link, not a file of the checkpoint')
     text = files.read_text(Path(path) / INFO)
     try:
         return json.loads(text)
@@ -276,7 +284,7 @@ def problem(path: Path, need: Sequence[str] = (WEIGHTS,)) -> Optional[str]:
     if not isinstance(info, dict) or not info:
         return f'{INFO} names no files'
     sizes = info.get(SIZES)
-    named = {k: v for k, v in info.items() if k not in (SIZES, VALID_LOSS)}
+    named = {k: v for k, v in info.items() if k not in NOT_FILES}
     for name in need:
         if name not in named:
             return f'{INFO} names no {name}'
@@ -301,7 +309,7 @@ def problem(path: Path, need: Sequence[str] = (WEIGHTS,)) -> Optional[str]:
 
 def files_of(path: Path) -> Dict[str, str]:
     """What a checkpoint's `info.json` names: `{'model': 'model.safetensors', 'training': 'training.pth'}`."""
-    return {k: v for k, v in load_info(path).items() if k not in (SIZES, VALID_LOSS)}
+    return {k: v for k, v in load_info(path).items() if k not in NOT_FILES}
 
 
 def steps_complete(checkpoints_dir: Path, need: Sequence[str] = (WEIGHTS,)) -> List[int]:

@@ -287,10 +287,6 @@ def cache_dir(src: Source) -> Path:
     return folder
 
 
-def _digest(text: str) -> str:
-    return hashlib.sha256(text.encode('utf-8')).hexdigest()
-
-
 def _read_cache(folder: Path, key: str, splits, vocabulary) -> Optional[tuple]:
     """
     The tokenizer and the token arrays of `splits`, when the record is there and everything
@@ -311,7 +307,7 @@ def _read_cache(folder: Path, key: str, splits, vocabulary) -> Optional[tuple]:
     except Exception as e:  # a damaged record or tokenizer file, whatever its parser makes of it
         return stale(f'{e.__class__.__name__}: {e}')
     # The tokenizer is the one the ids were made with, byte for byte.
-    if not isinstance(record, dict) or record.get('tokenizer') != _digest(tokenizer.to_json()):
+    if not isinstance(record, dict) or record.get('tokenizer') != tokenizers.digest(tokenizer):
         return stale('the tokenizer is not the one its token ids were made with')
     dtype = token_dtype(tokenizer)
     arrays = {}
@@ -337,14 +333,14 @@ def _cached_tokens(src: Source, corpus_key: str, spec, spans, vocabulary) -> tup
     folder = cache_dir(src)
     # A run that continues another brings its tokenizer: its digest is part of the key.
     made_by = f'bpe{spec.vocab_size}-{spec.train_bytes}' if isinstance(spec, BPE) else 'character'
-    key = _key(corpus_key, _digest(vocabulary.to_json()) if vocabulary is not None else made_by)
+    key = _key(corpus_key, tokenizers.digest(vocabulary) if vocabulary is not None else made_by)
     cached = _read_cache(folder, key, spans, vocabulary)
     if cached is not None:
         return cached
     tokenizer = vocabulary or _build_tokenizer(spec, spans['training'], spans['validation'])
     if vocabulary is None:
         _write(folder / f'tokenizer-{key}.json', lambda f: f.write(tokenizer.to_json().encode('utf-8')))
-    record = {'tokenizer': _digest(tokenizer.to_json())}
+    record = {'tokenizer': tokenizers.digest(tokenizer)}
     for name, span in spans.items():
         path = folder / f'{name}-{key}.u{token_dtype(tokenizer).itemsize * 8}'
 

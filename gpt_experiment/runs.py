@@ -150,10 +150,20 @@ def run_file(run_dir: Path, name: str) -> Path:
     return path
 
 
-def tokenizer(run_dir: Path):
-    """The run's `tokenizer.json`."""
+def tokenizer(run_dir: Path, checkpoint: Optional[Path] = None):
+    """
+    The run's `tokenizer.json`; with a `checkpoint`, checked to be the tokenizer its weights were
+    trained with (the digest in its `info.json`; checkpoints from before it was recorded have none).
+    """
     run_file(run_dir, tokenizers.FILE_NAME)
-    return tokenizers.load(run_dir)
+    vocabulary = tokenizers.load(run_dir)
+    if checkpoint is not None:
+        info = checkpoints.load_info(checkpoint)
+        recorded = info.get(checkpoints.TOKENIZER) if isinstance(info, dict) else None
+        if recorded is not None and recorded != tokenizers.digest(vocabulary):
+            raise UserError(f'{run_dir / tokenizers.FILE_NAME} has changed since checkpoint {checkpoint.name} was '
+                            f'saved: it is not the tokenizer the weights were trained with')
+    return vocabulary
 
 
 # ## Checkpoints of a run
@@ -286,7 +296,7 @@ def load_model(run_dir: Path, checkpoint: Path, device: str):
     from labml import experiment
     from .configs import Configs
     device = check_device(device)
-    vocabulary = tokenizer(run_dir)
+    vocabulary = tokenizer(run_dir, checkpoint)
     overrides = given_configs(run_dir)
     overrides['n_tokens'] = vocabulary.n_tokens
     conf = Configs()

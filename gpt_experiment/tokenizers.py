@@ -22,6 +22,7 @@ generator stay small next to the transformer, and each token is still seen often
 learn; GPT-1's 40,478 is for a 5 GB corpus.
 """
 
+import hashlib
 import json
 from pathlib import Path
 from typing import Iterable, List, Union
@@ -146,6 +147,11 @@ def check_encodable(tokenizer, texts: Union[str, Iterable[str]], what: str, whos
     if missing:
         shown = ' '.join(map(repr, missing[:10])) + (f' and {len(missing) - 10} more' if len(missing) > 10 else '')
         raise UserError(f'{what} has characters that are not in the vocabulary{whose}: {shown}{then}')
+
+
+def digest(tokenizer) -> str:
+    """What a tokenizer is, byte for byte: the sha256 of its JSON. The token cache and each checkpoint record it."""
+    return hashlib.sha256(tokenizer.to_json().encode('utf-8')).hexdigest()
 
 
 def save(tokenizer, folder: Path):

@@ -68,8 +68,8 @@ class Start(NamedTuple):
         return f'{runs.uuid_of(self.run)}:{self.checkpoint.name}'
 
     def tokenizer(self):
-        """The run's tokenizer, which the new run encodes its corpus with."""
-        return runs.tokenizer(self.run)
+        """The run's tokenizer, which the new run encodes its corpus with: the one its weights learned."""
+        return runs.tokenizer(self.run, self.checkpoint)
 
     def load_weights(self, model):
         runs.load_weights(model, self.checkpoint, ': the model cannot change')
@@ -215,7 +215,7 @@ def train(overrides: Optional[Dict[str, Any]] = None, *, name: Optional[str] = N
                     # what a killed writer of the parent left half written
                     checkpoints.remove_partial_checkpoints(start.run)
     checkpoints.install(conf.model, conf.state_dict, resumed_step=step, keep=conf.keep_checkpoints,
-                        valid_loss=conf.valid_loss_here)
+                        valid_loss=conf.valid_loss_here, tokenizer=tokenizers.digest(conf.text.tokenizer))
     compute_ahead(conf)
     # The dashboard, when one is configured and answers ([dashboard](dashboard.html)).
     dashboard_api = dashboard.connect(writers if world.is_main else set())

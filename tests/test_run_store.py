@@ -203,10 +203,28 @@ DAMAGES = {
                               lambda run: _fifo(run / 'tokenizer.json')),
     'info.json a FIFO': ('info.json', ('generate', 'evaluate', 'resume'), lambda run: _fifo(
         runs.find_checkpoint(run) / 'info.json')),
+    'info.json a link out of the checkpoint': ('info.json', ('generate', 'evaluate', 'resume'), lambda run: _link_out(
+        runs.find_checkpoint(run) / 'info.json', run.parent.parent / 'info.json')),
+    # two characters swapped: the same size, so the weights would load, and every id would mean another character
+    'tokenizer.json edited, the same size': ('tokenizer.json', ('generate', 'evaluate', 'resume'),
+                                             lambda run: _swap_two(run / 'tokenizer.json')),
     # another vocabulary than the model's: the weights do not fit the model it builds
     'tokenizer.json another vocabulary': ('tokenizer.json', ('generate', 'evaluate'), lambda run: (
         run / 'tokenizer.json').write_text(json.dumps({'kind': 'character', 'itos': list('abc')}))),
 }
+
+
+def _link_out(path, elsewhere):
+    """`path` becomes a link to the same file moved to `elsewhere`."""
+    shutil.move(path, elsewhere)
+    path.symlink_to(elsewhere)
+
+
+def _swap_two(path):
+    tokenizer = json.loads(path.read_text())
+    itos = tokenizer['itos']
+    itos[1], itos[2] = itos[2], itos[1]
+    path.write_text(json.dumps(tokenizer))
 
 
 def _fifo(path):
