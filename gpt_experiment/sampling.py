@@ -182,6 +182,9 @@ class KVCache:
     def _embed(self, ids: torch.Tensor) -> torch.Tensor:
         """Token embeddings plus the positional encodings of positions `length..`."""
         e = self.model.src_embed
+        if type(e) is nn.Embedding:
+            # labml_nn's `no_pos`: the token embeddings alone, unscaled, whatever the position
+            return e(ids)
         pe = e.positional_encodings[self.length:self.length + len(ids)]
         if len(pe) < len(ids):
             raise ValueError(f'positions up to {self.length + len(ids)} but the table has {len(e.positional_encodings)}')

@@ -28,8 +28,9 @@ def _random_model(conf):
     return model
 
 
-@pytest.mark.parametrize('extra', [{}, {'transformer.encoder_attn': 'sdpa'}, GPT1_LIKE],
-                         ids=['mha', 'sdpa', 'gpt1-like'])
+@pytest.mark.parametrize('extra', [{}, {'transformer.encoder_attn': 'sdpa'}, GPT1_LIKE,
+                                   {'transformer.src_embed': 'no_pos', 'transformer.encoder_attn': 'sdpa'}],
+                         ids=['mha', 'sdpa', 'gpt1-like', 'no-positions'])
 def test_cached_logits_equal_a_full_forward(tiny_configs, extra):
     conf = tiny_configs(**extra)
     model = _random_model(conf)
@@ -43,8 +44,9 @@ def test_cached_logits_equal_a_full_forward(tiny_configs, extra):
     torch.testing.assert_close(torch.cat(parts), full, atol=1e-5, rtol=1e-4)
 
 
-@pytest.mark.parametrize('extra', [{}, {'transformer.encoder_attn': 'sdpa'}, GPT1_LIKE],
-                         ids=['mha', 'sdpa', 'gpt1-like'])
+@pytest.mark.parametrize('extra', [{}, {'transformer.encoder_attn': 'sdpa'}, GPT1_LIKE,
+                                   {'transformer.src_embed': 'no_pos', 'transformer.encoder_attn': 'sdpa'}],
+                         ids=['mha', 'sdpa', 'gpt1-like', 'no-positions'])
 def test_greedy_cached_and_uncached_give_identical_tokens(tiny_configs, extra):
     conf = tiny_configs(**extra)
     model = _random_model(conf)
