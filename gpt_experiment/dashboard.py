@@ -91,7 +91,7 @@ token, as its own buttons would (`present`):
 * **its name in the runs list**: a list row shows a run's name, its comment and its start, and
   every run here is named after its experiment (`gpt`), so the dashboard's copy of the name gets
   the uuid's first 8 characters, `gpt · 147f2928`, what `gpt-train --resume` takes and what
-  `logs/gpt/` lists. The comment is the user's (`--comment`), as labml sent it, never changed;
+  `logs/gpt/` lists, and at the run's end its last validation loss, `gpt · 147f2928 · valid 1.6347`. The comment is the user's (`--comment`), as labml sent it, never changed;
   the run's own files keep labml's name;
 * **its first chart**: the app draws one chart per run, on one axis, and its metrics page plots
   every series (its card only those named `loss.*`, until told otherwise), so
@@ -280,12 +280,12 @@ def connect(writers: Set[str]) -> Optional[str]:
     return url
 
 
-def finish(url: Optional[str], run_uuid: str) -> Optional[str]:
+def finish(url: Optional[str], run_uuid: str, valid: Optional[float] = None) -> Optional[str]:
     """
     After training: let labml's sender deliver the last updates while the dashboard answers,
-    then present the run once more (claimed, named, its first chart: the watch of
-    `claim_soon` may have missed the last series). Returns the run's page, or `None` (with one
-    line) when not reached.
+    then present the run once more (claimed, named with its last validation loss `valid`, its
+    first chart: the watch of `claim_soon` may have missed the last series). Returns the run's
+    page, or `None` (with one line) when not reached.
     """
     if url is None:
         return None
@@ -297,7 +297,7 @@ def finish(url: Optional[str], run_uuid: str) -> Optional[str]:
     if thread is None or thread.is_alive() or thread.errored or not reachable(url):
         logger.log(f'Dashboard not reached at {app_url(url)}; the run is in logs/ only.', Text.warning)
         return None
-    present(url, run_uuid)
+    present(url, run_uuid, valid)
     return f'{app_url(url)}/run/{run_uuid}'
 
 
@@ -340,20 +340,25 @@ def claim(url: str, run_uuid: str) -> bool:
     return isinstance(answer, dict) and bool(answer.get('is_successful'))
 
 
-def listed_name(name: str, run_uuid: str) -> str:
-    """What the runs list shows as a run's name: labml's (the experiment's), then the uuid's first 8 characters."""
+def listed_name(name: str, run_uuid: str, valid: Optional[float] = None) -> str:
+    """
+    What the runs list shows as a run's name: labml's (the experiment's), then the uuid's first
+    8 characters, and once the run has ended, its last validation loss: `gpt · 147f2928 · valid 1.6347`.
+    """
     short = run_uuid[:8]
-    if name == short or name.endswith(NAME_SEPARATOR + short):
-        return name  # named already
-    return f'{name}{NAME_SEPARATOR}{short}' if name else short
+    # labml's name, without what an earlier call added
+    base = '' if name == short or name.startswith(short + NAME_SEPARATOR) else \
+        name.split(NAME_SEPARATOR + short)[0]
+    parts = [base, short] + ([f'valid {valid:.4f}'] if valid is not None else [])
+    return NAME_SEPARATOR.join(p for p in parts if p)
 
 
-def name_run(url: str, run_uuid: str) -> bool:
+def name_run(url: str, run_uuid: str, valid: Optional[float] = None) -> bool:
     """Give the dashboard's copy of the run its listed name (the run's page's rename, with the token)."""
     run = api(url, 'GET', f'run/{run_uuid}')
     if not isinstance(run, dict) or 'name' not in run:
         return False  # not known yet
-    name = listed_name(str(run['name'] or ''), run_uuid)
+    name = listed_name(str(run['name'] or ''), run_uuid, valid)
     if name == run['name']:
         return True
     # only the name: the comment is the user's, as labml sent it
@@ -387,14 +392,15 @@ def show_losses(url: str, run_uuid: str, names: List[str]) -> bool:
     return isinstance(answer, dict) and answer.get('errors') == []
 
 
-def present(url: str, run_uuid: str) -> bool:
+def present(url: str, run_uuid: str, valid: Optional[float] = None) -> bool:
     """
-    Claim the run, name it, and have its chart plot its losses, for the series the app has now
-    (at the end, when they are all there); `False` while the app does not know the run yet.
+    Claim the run, name it (with its last validation loss `valid`, at the end), and have its
+    chart plot its losses, for the series the app has now (at the end, when they are all
+    there); `False` while the app does not know the run yet.
     """
     if not claim(url, run_uuid):
         return False
-    name_run(url, run_uuid)
+    name_run(url, run_uuid, valid)
     names = series_names(url, run_uuid)
     if names and set(names) & set(FIRST_CHART):
         show_losses(url, run_uuid, names)

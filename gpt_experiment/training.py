@@ -37,6 +37,7 @@ Where tracked values go is labml's writers: `screen` (the console), `sqlite` (th
 
 import contextlib
 import importlib.util
+import math
 import sys
 import time
 from pathlib import Path
@@ -73,6 +74,15 @@ class Start(NamedTuple):
 
     def load_weights(self, model):
         runs.load_weights(model, self.checkpoint, ': the model cannot change')
+
+
+def _last_valid(run_path: Path) -> Optional[float]:
+    """The run's last validation loss, as tracked (for the dashboard's runs list), if it is a number."""
+    try:
+        valid = [v for _, v in runs.scalars(run_path, 'loss.valid') if isinstance(v, float) and math.isfinite(v)]
+    except UserError:
+        return None
+    return valid[-1] if valid else None
 
 
 def _keep_shape(had: Dict[str, Any], keys: Iterable[str], overrides: Dict[str, Any], source: str, how: str):
@@ -248,7 +258,7 @@ def train(overrides: Optional[Dict[str, Any]] = None, *, name: Optional[str] = N
         seconds = time.time() - started
         if extras is not None:
             extras.close()
-        page = dashboard.finish(dashboard_api, run_uuid)
+        page = dashboard.finish(dashboard_api, run_uuid, valid=_last_valid(run_path) if dashboard_api else None)
         if world.is_main and (ended is not None or conf.finished()):
             reports.summary(run_path, tokens=tracker.get_global_step() - (step or 0), seconds=seconds,
                             dashboard_url=page)

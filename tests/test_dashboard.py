@@ -346,6 +346,14 @@ def test_the_listed_name_adds_the_uuid_once():
     assert dashboard.listed_name('gpt', uuid) == 'gpt · 147f2928'
     assert dashboard.listed_name('gpt · 147f2928', uuid) == 'gpt · 147f2928'
     assert dashboard.listed_name('', uuid) == '147f2928'
+    # at the end, with the last validation loss, which a later end replaces
+    assert dashboard.listed_name('gpt', uuid, 1.63473) == 'gpt · 147f2928 · valid 1.6347'
+    assert dashboard.listed_name('gpt · 147f2928', uuid, 1.63473) == 'gpt · 147f2928 · valid 1.6347'
+    assert dashboard.listed_name('gpt · 147f2928 · valid 1.6347', uuid, 1.5) == 'gpt · 147f2928 · valid 1.5000'
+    assert dashboard.listed_name('gpt · 147f2928 · valid 1.6347', uuid) == 'gpt · 147f2928'
+    assert dashboard.listed_name('147f2928 · valid 2.0000', uuid, 1.5) == '147f2928 · valid 1.5000'
+    # a name of the user's own that holds the separator stays as it was
+    assert dashboard.listed_name('lr · 1e-3', uuid) == 'lr · 1e-3 · 147f2928'
 
 
 @pytest.mark.slow

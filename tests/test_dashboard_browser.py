@@ -159,7 +159,8 @@ def test_a_run_shows_its_metrics_and_configs_on_the_dashboard(tmp_path, monkeypa
                 page.goto(f'{base}/runs')
                 item = page.locator('a.list-item', has_text=run_uuid[:8])
                 expect(item).to_have_count(1, timeout=30_000)
-                expect(item.locator('h5')).to_have_text(f'gpt · {run_uuid[:8]}')
+                # (and, the run over, its last validation loss)
+                expect(item.locator('h5')).to_have_text(re.compile(rf'^gpt · {run_uuid[:8]} · valid \d+\.\d{{4}}$'))
                 expect(item.locator('h6')).to_have_text(COMMENT)
                 page.screenshot(path=str(shots['runs']), full_page=True)
             finally:
