@@ -27,6 +27,10 @@ from typing import Callable, List, Optional
 
 from .errors import LossNotFinite, UserError
 
+# labml's writers a run takes (`--writers`), and those it writes to unless told otherwise
+KNOWN_WRITERS = ('screen', 'sqlite', 'web_api', 'tensorboard', 'file')
+DEFAULT_WRITERS = ('screen', 'sqlite', 'web_api')
+
 
 class Parser(argparse.ArgumentParser):
     """argparse's parser, but a bad argument is a `UserError` (one line, exit 2), not a usage message."""

@@ -70,7 +70,7 @@ class Display:
     """
 
     def __init__(self, *, live: bool, total: int, start: int, epochs: int):
-        self.live, self.epochs = live, epochs
+        self.epochs = epochs
         # The numbers the status line shows, as the reports bring them
         self.values: Dict[str, float] = {}
         self.epoch = 0
@@ -88,8 +88,10 @@ class Display:
         if self.bar is None:
             self._line(tokens, values)
             return
-        self.bar.update(tokens - self.bar.n)
-        self._redraw()
+        # the new numbers into the line's format first, so that tqdm's own redraw shows them
+        self._format()
+        if not self.bar.update(tokens - self.bar.n):
+            self.bar.refresh()
 
     def validation(self, tokens: int, epoch: int, values: Dict[str, float]):
         """A validation: a line that stays, above the status line: the losses, the rates and the time so far."""
@@ -121,7 +123,11 @@ class Display:
         return losses, rates
 
     def _redraw(self):
-        """The status line, cut to the terminal's width: the rates go first, then the epoch."""
+        self._format()
+        self.bar.refresh()
+
+    def _format(self):
+        """The status line's format, cut to the terminal's width: the rates go first, then the epoch."""
         losses, rates = self._numbers()
         width = shutil.get_terminal_size().columns - 1
         epoch = f'epoch {min(self.epoch + 1, self.epochs)}/{self.epochs}  '
@@ -133,7 +139,6 @@ class Display:
                 break
         self.bar.ncols = width
         self.bar.bar_format = _literal(head) + '{percentage:3.0f}%|{bar}| {remaining} left' + _literal(tail)
-        self.bar.refresh()
 
     def _line(self, tokens: int, values: Dict[str, float], elapsed: bool = False):
         """One plain line: the step, the epoch, the losses first, then the rest."""

@@ -277,7 +277,7 @@ def cache_dir(src: Source) -> Path:
             return folder
     except OSError:
         pass
-    folder = Path(lab.get_data_path()) / 'cache' / hashlib.sha1(str(path).encode()).hexdigest()[:16]
+    folder = Path(lab.get_data_path()) / 'cache' / _key(path)
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as e:
@@ -324,10 +324,6 @@ def _read_cache(folder: Path, key: str, splits, vocabulary) -> Optional[tuple]:
     return tokenizer, arrays
 
 
-def _write(path: Path, write: Callable[[BinaryIO], None]):
-    files.write_atomically(path, write)
-
-
 def _cached_tokens(src: Source, corpus_key: str, spec, spans, vocabulary) -> tuple:
     """The tokenizer and the memory-mapped token ids of each split, from the cache or made into it."""
     folder = cache_dir(src)
@@ -339,16 +335,16 @@ def _cached_tokens(src: Source, corpus_key: str, spec, spans, vocabulary) -> tup
         return cached
     tokenizer = vocabulary or _build_tokenizer(spec, spans['training'], spans['validation'])
     if vocabulary is None:
-        _write(folder / f'tokenizer-{key}.json', lambda f: f.write(tokenizer.to_json().encode('utf-8')))
+        files.write_atomically(folder / f'tokenizer-{key}.json', lambda f: f.write(tokenizer.to_json().encode('utf-8')))
     record = {'tokenizer': tokenizers.digest(tokenizer)}
     for name, span in spans.items():
         path = folder / f'{name}-{key}.u{token_dtype(tokenizer).itemsize * 8}'
 
         def write(out, name=name, span=span):
             record[name] = tokenise(span, tokenizer, out, name)
-        _write(path, write)
+        files.write_atomically(path, write)
     # The record last: without it, nothing above is read back.
-    _write(folder / f'tokens-{key}.json', lambda f: f.write(json.dumps(record).encode('utf-8')))
+    files.write_atomically(folder / f'tokens-{key}.json', lambda f: f.write(json.dumps(record).encode('utf-8')))
     return _read_cache(folder, key, spans, vocabulary)
 
 

@@ -154,11 +154,6 @@ def token_file() -> Path:
     return labml_glue.app_folder() / 'dashboard.token'
 
 
-def api_url(host: str, port: int) -> str:
-    """The value of `labml_server` for a dashboard at `host:port`."""
-    return f'http://{_bracketed(host)}:{port}/api/v1'
-
-
 def app_url(url: str) -> str:
     """`http://host:port` of a `web_api` URL (without its query, so without its token)."""
     parts = urlsplit(url)
@@ -524,10 +519,11 @@ class Doors:
     def check(self, scope) -> Optional[Tuple[int, str]]:
         """`(status, reason)` for a request that stops here, or `None` for one that goes to the app."""
         path = scope['path']
-        raw = scope.get('raw_path') or b''
+        # (the path as the client sent it, where the server gives it: ASGI makes it optional)
+        raw = scope.get('raw_path')
         # 1. Files: stops `..`, plain, percent-encoded once or more, with `/` or `\\`, from
         # leaving the static folder through the app's catch-all route.
-        if leaves_folder(raw.decode('latin-1')) or leaves_folder(path):
+        if (raw and leaves_folder(raw.decode('latin-1'))) or leaves_folder(path):
             return 404, 'not found'
         # ... and a link inside the static folder that points out of it
         if not (self.static / path.lstrip('/')).resolve().is_relative_to(self.static):

@@ -68,9 +68,6 @@ def _check(model, hf_model, tokenizer, hf_tokenizer, prompt: str, seq_len: int):
 def run(argv: Optional[List[str]] = None) -> int:
     """`gpt-export` and `python -m gpt_experiment.export`."""
     args = parser().parse_args(commands.argv_of(argv))
-    run_ref, colon, step = args.run.partition(':')
-    if colon and not step.isdigit():
-        raise UserError(f'{args.run!r}: the step after ":" must be a checkpoint step (a number)')
     out = Path(args.output)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise UserError(f'{out} exists and is not an empty folder; give a new one')
@@ -82,7 +79,7 @@ def run(argv: Optional[List[str]] = None) -> int:
     # labml reports what it builds and loads on stdout; errors are ours to report, in one line.
     with contextlib.redirect_stdout(io.StringIO()):
         experiment.create(name='export', python_file=runs.project_path(), writers=set())
-        run_dir, checkpoint = runs.find(run_ref, int(step) if colon else None)
+        run_dir, checkpoint = runs.find_ref(args.run)
         model, conf, tokenizer = runs.load_model(run_dir, checkpoint, 'cpu')
     exported = hf.export(model, seq_len=conf.seq_len, dropout=conf.transformer.dropout,
                          embedding_dropout=conf.embedding_dropout)

@@ -10,7 +10,7 @@ outside this module imports `labml.internal` or reads a name-mangled field.
 from pathlib import Path
 from typing import Any, Dict, Optional, Tuple
 
-from labml import experiment, monit, tracker
+from labml import experiment
 from labml.configs import BaseConfigs
 # labml's checkpoint writer and the interface of what it saves, which `checkpoints` subclasses
 from labml.internal.experiment import CheckpointSaver, ModelSaver  # noqa: F401 (re-exported)
@@ -111,10 +111,6 @@ def app_folder() -> Path:
     """labml's configuration folder, `~/.labml/app`."""
     from labml.internal.computer.configs import computer_singleton
     return Path(computer_singleton().app_folder)
-
-
-# The dashboard app this was written against (`gpt_experiment[dashboard]` pins it).
-LABML_APP_VERSION = '0.0.102'
 
 
 def dashboard_app(host: str, port: int) -> Tuple[Any, Path]:

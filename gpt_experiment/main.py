@@ -33,7 +33,7 @@ def parser() -> commands.Parser:
                                                    'from its newest complete checkpoint')
     p.add_argument('--checkpoint', metavar='STEP', type=int, help='with --resume: the checkpoint step to start from')
     p.add_argument('--comment', default='', help='a note stored with the run')
-    p.add_argument('--writers', default='screen,sqlite,web_api',
+    p.add_argument('--writers', default=','.join(commands.DEFAULT_WRITERS),
                    help='labml writers, comma-separated: screen, sqlite, web_api (the dashboard), '
                              'tensorboard, file (default: %(default)s)')
     p.add_argument('-v', '--verbose', action='store_true', help="show labml's `Prepare <config>` sections")

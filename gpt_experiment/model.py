@@ -232,7 +232,7 @@ class SDPAttention(MultiHeadAttention):
         scores = (q @ k.transpose(-2, -1)) * self.scale
         if attn_mask is None:
             # causal: query `i` sees keys `j <= i`
-            attn_mask = torch.ones(q.shape[-2], k.shape[-2], dtype=torch.bool, device=q.device).tril()
+            attn_mask = causal_mask(q.shape[-2], q.device)[..., 0]
         scores = scores.masked_fill(~attn_mask, float('-inf'))
         return self.dropout(scores.softmax(dim=-1)) @ v
 

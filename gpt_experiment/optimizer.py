@@ -115,6 +115,18 @@ class WarmupCosine:
             self.anchor = (tokens, was.progress(tokens))
 
 
+def total_norm(grads: List[torch.Tensor]) -> torch.Tensor:
+    r"""
+    $\|g\|$, the norm of all the gradients together, as `torch.nn.utils.get_total_norm`
+    computes it: the norm of each (one `foreach` kernel), then the norm of those. PyTorch's
+    function first groups the tensors by device and dtype, which at small shapes costs a quarter
+    of the norms themselves; gradients of one device and dtype need no grouping.
+    """
+    if len({(g.device, g.dtype) for g in grads}) != 1:
+        return torch.nn.utils.get_total_norm(grads, foreach=True)
+    return torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))
+
+
 # ## Adam
 
 class AdamWarmupCosineDecay(torch.optim.Adam):
@@ -151,6 +163,8 @@ class AdamWarmupCosineDecay(torch.optim.Adam):
             group['peak_lr'], group['decay'], group['base_eps'] = lr, group['weight_decay'], eps
         self.absolute = absolute
         self.optimized_update = optimized_update
+        # Every parameter, once, for the per-step clipping and zeroing below
+        self._params = [p for group in self.param_groups for p in group['params']]
         # Optimizer steps taken, for $\beta_2^t$ (PyTorch keeps its own, per parameter)
         self.steps = 0
 
@@ -177,14 +191,19 @@ class AdamWarmupCosineDecay(torch.optim.Adam):
         PyTorch's gradient scaler uses), which saves a pass over the gradients. Returns the
         norm before clipping.
         """
-        grads = [p.grad for group in self.param_groups for p in group['params'] if p.grad is not None]
-        norm = torch.nn.utils.get_total_norm(grads, foreach=True)
+        norm = total_norm([p.grad for p in self._params if p.grad is not None])
         if self.param_groups[0]['fused']:
             self.grad_scale = torch.clamp((norm + 1e-6) / max_norm, min=1.0)
         else:
-            torch.nn.utils.clip_grads_with_norm_([p for g in self.param_groups for p in g['params']], max_norm,
-                                                 norm, foreach=True)
+            torch.nn.utils.clip_grads_with_norm_(self._params, max_norm, norm, foreach=True)
         return norm
+
+    def zero_grad(self, set_to_none: bool = True):
+        # PyTorch's walks the groups through its hooks and profiler records on every step
+        if not set_to_none:
+            return super().zero_grad(set_to_none=False)
+        for p in self._params:
+            p.grad = None
 
     @torch.no_grad()
     def step(self, closure=None):
@@ -242,6 +261,7 @@ class Muon:
         self.muon = torch.optim.Muon(hidden, lr=lr * lr_scale, weight_decay=decay, momentum=0.95, nesterov=True,
                                      adjust_lr_fn='match_rms_adamw')
         self.lr_scale = lr_scale
+        self.muon_params = list(hidden)
 
     @property
     def param_groups(self) -> List[Dict]:
@@ -258,8 +278,10 @@ class Muon:
             group['lr'] = lr * self.lr_scale
 
     def clip_grad_norm_(self, max_norm: float) -> torch.Tensor:
-        return torch.nn.utils.clip_grad_norm_([p for g in self.param_groups for p in g['params']], max_norm,
-                                              foreach=True)
+        params = self.adam._params + self.muon_params
+        norm = total_norm([p.grad for p in params if p.grad is not None])
+        torch.nn.utils.clip_grads_with_norm_(params, max_norm, norm, foreach=True)
+        return norm
 
     def step(self, closure=None):
         self.adam.step()

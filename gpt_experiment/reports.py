@@ -129,7 +129,7 @@ def plot(run_dirs: List[Path], output: Path) -> Path:
     try:
         fig.savefig(output, dpi=120, format='png')
     except OSError as e:
-        raise UserError(f'cannot write {output}: {e.strerror}') from None
+        raise files.cannot_write(output, e) from None
     finally:
         plt.close(fig)
     return output

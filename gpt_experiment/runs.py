@@ -206,6 +206,14 @@ def find(run: Optional[str], step: Optional[int] = None, need=(checkpoints.WEIGH
     return run_dir, find_checkpoint(run_dir, step, need)
 
 
+def find_ref(ref: str, what: str = '') -> Tuple[Path, Path]:
+    """`RUN[:STEP]`, as `init_from` and `gpt-export` take it: the run and its checkpoint. `what` prefixes the error."""
+    run, colon, step = ref.partition(':')
+    if colon and not step.isdigit():
+        raise UserError(f'{what}{ref!r}: the step after ":" must be a checkpoint step (a number)')
+    return find(run, int(step) if colon else None)
+
+
 def _file(checkpoint: Path, name: str) -> Path:
     """The file a checkpoint saved as `name` (`model`, `training`)."""
     info = checkpoints.files_of(checkpoint)

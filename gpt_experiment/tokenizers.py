@@ -72,6 +72,9 @@ class CharacterTokenizer:
     def decode(self, ids: Iterable[int]) -> str:
         return ''.join(self.itos[i] for i in ids)
 
+    # A character it has not seen is not in the vocabulary
+    encodes_any_text = False
+
     def unknown(self, text: str) -> List[str]:
         """The characters of `text` that the vocabulary lacks, sorted."""
         return sorted(set(text) - self.stoi.keys())
@@ -116,8 +119,10 @@ class BPETokenizer:
     def decode(self, ids: Iterable[int]) -> str:
         return self.hf.decode(list(ids), skip_special_tokens=False)
 
+    # Every byte is in a byte-level vocabulary.
+    encodes_any_text = True
+
     def unknown(self, text: str) -> List[str]:
-        # Every byte is in a byte-level vocabulary.
         return []
 
     def to_json(self) -> str:
@@ -143,6 +148,8 @@ def check_encodable(tokenizer, texts: Union[str, Iterable[str]], what: str, whos
     Refuse text with characters that the vocabulary lacks, naming them (at most ten): a
     character tokenizer would drop them. A byte-level BPE encodes anything.
     """
+    if tokenizer.encodes_any_text:
+        return  # (without reading the texts, which may be a whole corpus streamed)
     missing = sorted({c for text in ([texts] if isinstance(texts, str) else texts) for c in tokenizer.unknown(text)})
     if missing:
         shown = ' '.join(map(repr, missing[:10])) + (f' and {len(missing) - 10} more' if len(missing) > 10 else '')

@@ -214,7 +214,8 @@ class Trainer(NLPAutoRegressionConfigs):
         """Training steps from the current window to window `until`."""
         p = self._position
         for data, target, windows in self.train_loader.epoch(p.epoch, p.window, until):
-            self.train_step(data, target)
+            # (the epoch's last batch logs the model's activations and gradients, when asked)
+            self.train_step(data, target, p.window + windows >= self.train_loader.windows_per_epoch)
             p.window += windows
             p.phase = TRAIN if p.window < until else VALID
             if self._metrics.optimizer_steps >= self.log_interval or p.window >= until:
@@ -223,7 +224,7 @@ class Trainer(NLPAutoRegressionConfigs):
 
     # ## The training step
 
-    def train_step(self, data: torch.Tensor, target: torch.Tensor):
+    def train_step(self, data: torch.Tensor, target: torch.Tensor, is_last_batch: bool = False):
         """
         One optimizer step on a batch: labml_nn's `step`, in micro-batches. Each micro-batch's
         mean loss is scaled by its share of the batch's tokens, so that the gradients add up
@@ -236,8 +237,6 @@ class Trainer(NLPAutoRegressionConfigs):
         data, target = data.to(self.device), target.to(self.device)
         # labml's global step counts tokens, of all the processes.
         tokens = self._position.tokens + data.numel() * distributed.world().size
-        is_last_batch = self._position.window + data.shape[1] * distributed.world().size >= \
-            self.train_loader.windows_per_epoch
         micro = self.micro_batch_size or data.shape[1]
         # (a slice of the batch dimension of sequence-first tensors is not contiguous)
         chunks = [(x.contiguous(), y.contiguous()) for x, y in zip(data.split(micro, dim=1), target.split(micro, dim=1))] \
@@ -248,8 +247,9 @@ class Trainer(NLPAutoRegressionConfigs):
                         torch.autocast(self.device.type, dtype=self.dtype, enabled=self.dtype != torch.float32):
                     output, *_ = self.forward(x)
                     loss = self.loss_func(output, y)
-                self._metrics.add(tokens, loss, output, y)
-                self.grad_scaler.scale(loss * (y.numel() / target.numel())).backward()
+                share = y.numel() / target.numel()
+                self._metrics.add(tokens, loss, output, y, share)
+                self.grad_scaler.scale(loss * share).backward()
         # Clip the true gradients, not the scaled ones: the optimizer clips in its step, or,
         # with float16's gradient scaler (which takes the step's own scaling), PyTorch does.
         self.grad_scaler.unscale_(self.optimizer)
@@ -391,6 +391,10 @@ class Trainer(NLPAutoRegressionConfigs):
         logger.log(f"Stopped at step {self._position.tokens:,}; {saved}.", Text.danger)
         raise interrupted(signum)
 
+    def last_valid_loss(self) -> Optional[float]:
+        """The last validation loss this run took, if it took one (the dashboard's runs list shows it)."""
+        return self._last_valid[1] if self._last_valid else None
+
     def valid_loss_here(self) -> Optional[float]:
         """The validation loss at the step training stands at, if one was taken there (for pruning)."""
         return self._last_valid[1] if self._last_valid and self._last_valid[0] == self._position.tokens else None
@@ -512,15 +516,19 @@ class StepMetrics:
         self.started = time.perf_counter()
 
     @torch.no_grad()
-    def add(self, step: int, loss: torch.Tensor, output: torch.Tensor, target: torch.Tensor):
-        """Add the loss and accuracy of a forward pass at global step `step`; nothing here waits for the device."""
+    def add(self, step: int, loss: torch.Tensor, output: torch.Tensor, target: torch.Tensor, share: float = 1.0):
+        """
+        Add the loss and accuracy of a forward pass at global step `step`; nothing here waits
+        for the device. A micro-batch counts as its `share` of its batch's tokens, so that the
+        loss reported is the mean of the batches' losses, whatever their micro-batches.
+        """
         loss = loss.detach()
         self.losses.append((step, loss))
-        self.loss_sum = self.loss_sum + loss.float()
+        self.loss_sum = self.loss_sum + loss.float() * share
         # The predicted token is the most likely one
         self.correct = self.correct + (output.argmax(dim=-1) == target).sum()
         self.count += target.numel()
-        self.steps += 1
+        self.steps += share
 
     @torch.no_grad()
     def add_grad_norm(self, norm: torch.Tensor):

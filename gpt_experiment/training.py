@@ -37,7 +37,6 @@ Where tracked values go is labml's writers: `screen` (the console), `sqlite` (th
 
 import contextlib
 import importlib.util
-import math
 import sys
 import time
 from pathlib import Path
@@ -46,14 +45,12 @@ from typing import Any, Dict, Iterable, NamedTuple, Optional, Set, Union
 from labml import experiment, logger, tracker
 from labml.logger import Text
 
-from . import checkpoints, console, dashboard, distributed, files, hf, labml_glue, reports, runs, tokenizers
+from . import checkpoints, commands, console, dashboard, distributed, files, hf, labml_glue, reports, runs, tokenizers
 from .checks import check_configs
 from .configs import MODEL_KEYS, Configs, model_keys
 from .errors import UserError
 from .overrides import check_overrides, config_keys
 
-DEFAULT_WRITERS = ('screen', 'sqlite', 'web_api')
-KNOWN_WRITERS = ('screen', 'sqlite', 'web_api', 'tensorboard', 'file')
 
 
 class Start(NamedTuple):
@@ -74,15 +71,6 @@ class Start(NamedTuple):
 
     def load_weights(self, model):
         runs.load_weights(model, self.checkpoint, ': the model cannot change')
-
-
-def _last_valid(run_path: Path) -> Optional[float]:
-    """The run's last validation loss, as tracked (for the dashboard's runs list), if it is a number."""
-    try:
-        valid = [v for _, v in runs.scalars(run_path, 'loss.valid') if isinstance(v, float) and math.isfinite(v)]
-    except UserError:
-        return None
-    return valid[-1] if valid else None
 
 
 def _keep_shape(had: Dict[str, Any], keys: Iterable[str], overrides: Dict[str, Any], source: str, how: str):
@@ -122,11 +110,8 @@ def initialised(overrides: Dict[str, Any]) -> tuple:
         _keep_shape(source.shape, set(source.shape) - {'seq_len'}, overrides, source.name,
                     "init_from takes the model's shape from the source")
         return source, {**overrides, **source.shape, 'init_from': source.name}
-    run, colon, step = init_from.partition(':')
-    if colon and not step.isdigit():
-        raise UserError(f'init_from={init_from!r}: the step after ":" must be a checkpoint step (a number)')
     try:
-        run_dir, checkpoint = runs.find(run, int(step) if colon else None)
+        run_dir, checkpoint = runs.find_ref(init_from)
     except UserError as e:
         raise UserError(f'init_from: {e}') from None
     _keep_model(run_dir, overrides, "init_from takes the model's shape from the source run")
@@ -167,9 +152,9 @@ def check_writers(writers: Union[str, Iterable[str]]) -> Set[str]:
     """`'screen,tensorboard'` or a collection of names, checked, as labml's set of writers."""
     names = [w.strip() for w in writers.split(',')] if isinstance(writers, str) else [str(w) for w in writers]
     names = [w for w in names if w]
-    unknown = [w for w in names if w not in KNOWN_WRITERS]
+    unknown = [w for w in names if w not in commands.KNOWN_WRITERS]
     if unknown:
-        raise UserError(f'unknown writer {unknown[0]!r}; choose from: {", ".join(KNOWN_WRITERS)}')
+        raise UserError(f'unknown writer {unknown[0]!r}; choose from: {", ".join(commands.KNOWN_WRITERS)}')
     if 'tensorboard' in names and importlib.util.find_spec('tensorboard') is None:
         raise UserError('the tensorboard writer needs TensorBoard: pip install "gpt-experiment[tensorboard]"')
     return set(names)
@@ -177,7 +162,7 @@ def check_writers(writers: Union[str, Iterable[str]]) -> Set[str]:
 
 def train(overrides: Optional[Dict[str, Any]] = None, *, name: Optional[str] = None, comment: str = '',
           resume: Optional[str] = None, checkpoint: Optional[int] = None,
-          writers: Union[str, Iterable[str]] = DEFAULT_WRITERS, verbose: bool = False) -> Configs:
+          writers: Union[str, Iterable[str]] = commands.DEFAULT_WRITERS, verbose: bool = False) -> Configs:
     """
     Train a GPT with `overrides` applied to the defaults; returns the computed configs.
     `resume` (a run uuid or prefix) continues that run from its newest complete checkpoint, or
@@ -258,7 +243,7 @@ def train(overrides: Optional[Dict[str, Any]] = None, *, name: Optional[str] = N
         seconds = time.time() - started
         if extras is not None:
             extras.close()
-        page = dashboard.finish(dashboard_api, run_uuid, valid=_last_valid(run_path) if dashboard_api else None)
+        page = dashboard.finish(dashboard_api, run_uuid, valid=conf.last_valid_loss())
         if world.is_main and (ended is not None or conf.finished()):
             reports.summary(run_path, tokens=tracker.get_global_step() - (step or 0), seconds=seconds,
                             dashboard_url=page)

@@ -76,3 +76,18 @@ def test_negative_valid_batches_is_a_user_error(tiny_configs):
     from gpt_experiment import UserError
     with pytest.raises(UserError, match='valid_batches must be at least 0, got -1'):
         tiny_configs(valid_batches=-1)
+
+
+def test_uneven_micro_batches_report_their_batch_mean_loss():
+    from gpt_experiment.trainer import StepMetrics
+    metrics = StepMetrics()
+    target = torch.zeros(4, 2, dtype=torch.long)
+    output = torch.zeros(4, 2, 3)
+    # one batch of 10 windows in micro-batches of 8 and 2: mean losses 1.0 and 2.0
+    metrics.add(10, torch.tensor(1.0), output, target, share=0.8)
+    metrics.add(10, torch.tensor(2.0), output, target, share=0.2)
+    # and a whole batch with mean loss 3.0
+    metrics.add(20, torch.tensor(3.0), output, target)
+    values = metrics.report(torch.device('cpu'), 'train')
+    # the mean of the two batches' losses, 1.2 and 3.0
+    assert values['loss.train'] == pytest.approx(2.1)
