@@ -43,11 +43,11 @@ def _first_step(monkeypatch):
     seen = {}
     real = Trainer.train_step
 
-    def train_step(self, data, target):
+    def train_step(self, data, target, *rest):
         if not seen:
             seen.update(weights={k: v.detach().clone() for k, v in self.model.state_dict().items()},
                         optimizer_state=len(self.optimizer.state), global_step=tracker.get_global_step())
-        return real(self, data, target)
+        return real(self, data, target, *rest)
     monkeypatch.setattr(Trainer, 'train_step', train_step)
     return seen
 

@@ -244,11 +244,11 @@ def _first_step(monkeypatch, ids):
     seen = {}
     real = Trainer.train_step
 
-    def train_step(self, data, target):
+    def train_step(self, data, target, *rest):
         if not seen:
             seen['logits'] = _ours(self.model, ids)
             self.model.train()
-        return real(self, data, target)
+        return real(self, data, target, *rest)
     monkeypatch.setattr(Trainer, 'train_step', train_step)
     return seen
 
