@@ -25,6 +25,7 @@ import copy
 import math
 from typing import Optional
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -121,25 +122,49 @@ class Dropout(nn.Dropout):
     ## Dropout with a faster mask on a CPU
 
     Dropout keeps each element with probability $1 - p$ and scales the kept ones by
-    $1 / (1 - p)$. On a CPU PyTorch draws the mask with `bernoulli_`, a double-precision draw
-    from its Mersenne twister per element; at the default shape, whose feed-forward drops out
-    its 2,048-wide hidden layer too, that was a fifth of an fp32 training step. Here the mask
-    is one 31-bit integer draw per element, $u \in \{0, \dots, 2^{31} - 1\}$, kept when
-    $u \ge \lfloor p \, 2^{31} \rceil$: the same keep probability (to $2^{-31}$) in under half
-    the time. The function is dropout's; only the random numbers differ. On other devices,
-    PyTorch's own.
+    $1 / (1 - p)$. On a CPU PyTorch draws the mask with `bernoulli_`, a double from its
+    Mersenne twister per element, one element at a time; at the default shape, whose
+    feed-forward drops out its 2,048-wide hidden layer too, drawing masks was a fifth of an
+    fp32 training step. Here the mask costs about one random *byte* per element
+    ([`keep_mask`](#keep_mask)), with the same keep probability. The function is dropout's;
+    only the random numbers differ. On other devices, and under `torch.compile` (which draws
+    its own), PyTorch's.
     """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not (self.training and 0 < self.p < 1 and x.device.type == 'cpu'):
+        if not (self.training and 0 < self.p < 1 and x.device.type == 'cpu') or torch.compiler.is_compiling():
             return super().forward(x)
-        # $m_i = [u_i \ge p \, 2^{31}]$, drawn from the same generator `bernoulli_` uses
-        keep = torch.empty(x.shape, dtype=torch.int32).random_() >= round(self.p * 2 ** 31)
+        keep = keep_mask(x.shape, self.p)
         if x.dtype == torch.float32:
             # $x \odot \frac{m}{1 - p}$: the scaled mask made once, one product forward and one back
             return x * keep.to(x.dtype).mul_(1 / (1 - self.p))
         # In bf16 or fp16 the scale would round, so it multiplies in float arithmetic, as PyTorch's does
         return x * keep * (1 / (1 - self.p))
+
+
+def keep_mask(shape: torch.Size, p: float) -> torch.Tensor:
+    r"""
+    <a id="keep_mask"></a>
+    A boolean mask of `shape`, each element true with probability $1 - p$ (to $2^{-32}$),
+    drawn on the CPU from PyTorch's random generator. Exact dropout would compare a 32-bit
+    uniform $u$ per element with the threshold $t = \lfloor p \, 2^{32} \rceil$: keep when
+    $u \ge t$. Compare them a byte at a time instead, most significant first. Write
+    $t = t_0 \, 2^{24} + r$ and $u = b \, 2^{24} + u'$, with $b$ the top byte: $u \ge t$ exactly when
+    $b > t_0$, or when $b = t_0$ and $u' \ge r$. So one random byte settles an element, except
+    one in 256 (the ties), which draw their remaining 24 bits.
+    """
+    n = math.prod(shape)
+    t0, r = divmod(round(p * 2 ** 32), 2 ** 24)
+    # The bytes come from numpy's default bit generator (PCG64), eight a draw, seeded from
+    # PyTorch's generator: `torch.manual_seed` fixes the masks, and a checkpoint's saved
+    # random state resumes them.
+    bits = np.random.PCG64(int(torch.randint(2 ** 62, ())))
+    b = bits.random_raw((n + 7) // 8).view(np.uint8)[:n]
+    keep = b > t0
+    tie = np.flatnonzero(b == t0)
+    # The ties' remaining 24 bits: the top 24 of a fresh 64-bit draw each
+    keep[tie] = (bits.random_raw(tie.size) >> np.uint64(40)) >= r
+    return torch.from_numpy(keep).view(shape)
 
 
 def crop_positions(src_embed: nn.Module, seq_len: int) -> nn.Module:

@@ -18,7 +18,7 @@ from labml_nn.optimizers.adam_warmup_cosine_decay import AdamWarmupCosineDecay
 from labml_nn.transformers.mha import MultiHeadAttention
 
 from gpt_experiment import UserError, optimizer as optimizers
-from gpt_experiment.model import Dropout, SDPAttention
+from gpt_experiment.model import Dropout, SDPAttention, keep_mask
 from gpt_experiment.optimizer import AdamWarmupCosineToZero, WarmupCosine, decay_groups
 from gpt_experiment import train
 
@@ -122,6 +122,27 @@ def test_the_models_dropout_keeps_one_minus_p_and_scales_as_pytorchs(dtype):
     # in evaluation, or with p = 0, it is the identity; with p = 1, zeros
     assert torch.equal(drop.eval()(x), x) and torch.equal(Dropout(0.0)(x), x)
     assert not Dropout(1.0)(x).any()
+
+
+@pytest.mark.parametrize('p', [0.1, 1 / 512, 0.5, 1 - 1 / 512])
+def test_the_mask_keeps_one_minus_p_even_where_one_byte_cannot_say_it(p):
+    # 1/512 is half of one byte's step: decided by the first byte alone, the keep rate would be
+    # 255/256 instead of 511/512, about 90 standard deviations away at 4 million draws.
+    torch.manual_seed(1)
+    keep = keep_mask((2048, 2048), p)
+    assert keep.shape == (2048, 2048) and keep.dtype == torch.bool
+    assert abs(keep.float().mean().item() - (1 - p)) < 5 * math.sqrt(p * (1 - p) / keep.numel())
+
+
+def test_the_masks_follow_pytorchs_random_generator():
+    # the same seed, the same masks (so a resumed run draws what the straight run drew) ...
+    torch.manual_seed(7)
+    first = [keep_mask((64, 64), 0.1) for _ in range(2)]
+    torch.manual_seed(7)
+    again = [keep_mask((64, 64), 0.1) for _ in range(2)]
+    assert all(torch.equal(a, b) for a, b in zip(first, again))
+    # ... and each mask moves the generator on
+    assert not torch.equal(first[0], first[1])
 
 
 def test_every_dropout_of_the_gpt_is_the_models_own(tiny_configs):
