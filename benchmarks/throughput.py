@@ -22,6 +22,7 @@ python benchmarks/throughput.py --shape small                    # 4 layers, 128
 python benchmarks/throughput.py --shape default --batch 16       # 6 layers, 512 wide, context 128
 python benchmarks/throughput.py --shape default --batch 16 --dtype bfloat16
 python benchmarks/throughput.py --shape small --end-to-end       # the trainer against the pure step rate
+python benchmarks/throughput.py --shape small --strip-biases     # what labml_nn's linear biases cost
 python benchmarks/throughput.py --shape gpt1 --device cuda --dtype bfloat16 --profile   # and where the time goes
 ```
 
@@ -143,6 +144,11 @@ def compare(args, overrides: dict):
     stock_model, stock_optimizer = stock.model, stock.optimizer
     fast = build(Configs, check_overrides(Configs, {
         **overrides, 'transformer.encoder_attn': 'sdpa', 'dtype': args.dtype, 'compile': args.compile}))
+    if args.strip_biases:
+        # Before the optimizer is made, so that it never sees them
+        for module in fast.model.modules():
+            if isinstance(module, torch.nn.Linear):
+                module.bias = None
     device = fast.device
     models = {'stock': stock_model.to(device), 'fast': fast.train_model}
     dtypes = {'stock': getattr(torch, args.stock_dtype), 'fast': fast.dtype}
@@ -286,6 +292,9 @@ def main():
                         help='then profile these steps (default: the fast one)')
     parser.add_argument('--nanogpt-bias', action='store_true',
                         help="biases in the nanoGPT reference's linear layers and LayerNorms (its train.py: none)")
+    parser.add_argument('--strip-biases', action='store_true',
+                        help="this project's model without the biases of its linear layers: not labml_nn's "
+                             "function, a measure of what those biases cost")
     parser.add_argument('--steps', type=int, default=20)
     parser.add_argument('--warmup', type=int, default=3)
     parser.add_argument('--end-to-end', action='store_true')
