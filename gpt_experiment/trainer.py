@@ -159,12 +159,15 @@ class Trainer(NLPAutoRegressionConfigs):
         console.show(display)
         try:
             with StopRequests() as self._stop:
-                while self._position.epoch < self.epochs:
-                    self.run_epoch()
-        except RuntimeError as e:
-            if not distributed.lost_a_rank(e):
-                raise
-            self.lost_a_rank(e)
+                try:
+                    while self._position.epoch < self.epochs:
+                        self.run_epoch()
+                except RuntimeError as e:
+                    if not distributed.lost_a_rank(e):
+                        raise
+                    # Still under the stop handlers: the SIGTERM torchrun sends the survivors
+                    # once a rank has died must not cut the checkpoint short.
+                    self.lost_a_rank(e)
         finally:
             self._stop = None
             console.show(None)

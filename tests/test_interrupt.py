@@ -308,3 +308,39 @@ def test_out_of_memory_is_one_line_that_names_a_micro_batch_and_keeps_the_checkp
     # the first epoch's checkpoint, whole
     (step,) = checkpoint_steps(run_dir)
     assert weights(find_checkpoint(run_dir)) and step == 259 * 16
+
+
+def test_the_sigterm_that_follows_a_lost_rank_does_not_cut_its_checkpoint_short(project, monkeypatch, capsys):
+    """
+    When a rank dies, torchrun sends SIGTERM to the others, which may come while rank 0 saves
+    what it stands at: the checkpoint is still whole, and the run ends on the lost rank's line.
+    """
+    import gpt_experiment.distributed as distributed
+    from gpt_experiment.model import GPT
+    monkeypatch.setattr(distributed, 'lost_a_rank', lambda e: 'Connection closed by peer' in str(e))
+    real_forward, calls = GPT.forward, []
+
+    def forward(self, x):
+        if torch.is_grad_enabled():
+            calls.append(1)
+            # the 10th training step's collective fails: the other process is gone
+            if len(calls) == 10:
+                raise RuntimeError('[gloo] Connection closed by peer [127.0.0.1]:4242')
+        return real_forward(self, x)
+    monkeypatch.setattr(GPT, 'forward', forward)
+    real_write = files.write_durably
+
+    def write_durably(path, write):
+        if path.name == 'training.pth':
+            # torchrun's SIGTERM, in the middle of the save
+            os.kill(os.getpid(), signal.SIGTERM)
+        return real_write(path, write)
+    monkeypatch.setattr(files, 'write_durably', write_durably)
+    args = [f'{k}={v}' for k, v in ARGS.items()] + ['epochs=3', '--name', 'lost', '--writers', 'sqlite']
+    capsys.readouterr()
+    assert run(args) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith('error: another process of the run is gone (')
+    (run_dir,) = run_dirs(project, 'lost')
+    assert err[0].endswith(f'saved a checkpoint at step {9 * 8 * 16:,}')
+    assert checkpoint_steps(run_dir) == [9 * 8 * 16] and weights(find_checkpoint(run_dir))
