@@ -124,11 +124,11 @@ class Dropout(nn.Dropout):
     Dropout keeps each element with probability $1 - p$ and scales the kept ones by
     $1 / (1 - p)$. On a CPU PyTorch draws the mask with `bernoulli_`, a double from its
     Mersenne twister per element, one element at a time; at the default shape, whose
-    feed-forward drops out its 2,048-wide hidden layer too, drawing masks was a fifth of an
-    fp32 training step. Here the mask costs about one random *byte* per element
-    ([`keep_mask`](#keep_mask)), with the same keep probability. The function is dropout's;
-    only the random numbers differ. On other devices, and under `torch.compile` (which draws
-    its own), PyTorch's.
+    feed-forward drops out its 2,048-wide hidden layer too, drawing masks cost an fp32
+    training step more than anything but the matrix products. Here the mask costs about one
+    random *byte* per element ([`keep_mask`](#keep_mask)), with the same keep probability. The
+    function is dropout's; only the random numbers differ. On other devices, and under
+    `torch.compile` (which draws its own), PyTorch's.
     """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
