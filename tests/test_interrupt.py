@@ -40,6 +40,17 @@ def _trained_steps(run_dir):
         return 0
 
 
+def _before_each_training_state(monkeypatch, action):
+    """Call `action(path)` before a checkpoint's `training.pth` is written (the save is half done)."""
+    real = files.write_durably
+
+    def write_durably(path, write):
+        if path.name == 'training.pth':
+            action(path)
+        return real(path, write)
+    monkeypatch.setattr(files, 'write_durably', write_durably)
+
+
 def _indicators(run_dir):
     with sqlite3.connect(str(run_dir / 'sqlite.db')) as conn:
         return {row[0] for row in conn.execute('SELECT DISTINCT indicator FROM scalars')}
@@ -137,16 +148,13 @@ def test_a_checkpoint_every_checkpoint_minutes(project, monkeypatch):
 
 
 def test_a_full_disk_is_one_line_and_keeps_the_last_checkpoint(project, monkeypatch, capsys):
-    real = files.write_durably
     saves = []
 
-    def write_durably(path, write):
-        if path.name == 'training.pth':
-            saves.append(path)
-            if len(saves) == 2:
-                raise OSError(errno.ENOSPC, 'No space left on device', str(path))
-        return real(path, write)
-    monkeypatch.setattr(files, 'write_durably', write_durably)
+    def second_is_full(path):
+        saves.append(path)
+        if len(saves) == 2:
+            raise OSError(errno.ENOSPC, 'No space left on device', str(path))
+    _before_each_training_state(monkeypatch, second_is_full)
     args = [f'{k}={v}' for k, v in ARGS.items()] + ['epochs=3', '--name', 'full', '--writers', 'sqlite']
     capsys.readouterr()
     assert run(args) == 2
@@ -328,14 +336,8 @@ def test_the_sigterm_that_follows_a_lost_rank_does_not_cut_its_checkpoint_short(
                 raise RuntimeError('[gloo] Connection closed by peer [127.0.0.1]:4242')
         return real_forward(self, x)
     monkeypatch.setattr(GPT, 'forward', forward)
-    real_write = files.write_durably
-
-    def write_durably(path, write):
-        if path.name == 'training.pth':
-            # torchrun's SIGTERM, in the middle of the save
-            os.kill(os.getpid(), signal.SIGTERM)
-        return real_write(path, write)
-    monkeypatch.setattr(files, 'write_durably', write_durably)
+    # torchrun's SIGTERM, in the middle of the save
+    _before_each_training_state(monkeypatch, lambda path: os.kill(os.getpid(), signal.SIGTERM))
     args = [f'{k}={v}' for k, v in ARGS.items()] + ['epochs=3', '--name', 'lost', '--writers', 'sqlite']
     capsys.readouterr()
     assert run(args) == 2
