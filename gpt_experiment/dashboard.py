@@ -91,8 +91,9 @@ token, as its own buttons would (`present`):
 * **its name in the runs list**: a list row shows a run's name, its comment and its start, and
   every run here is named after its experiment (`gpt`), so the dashboard's copy of the name gets
   the uuid's first 8 characters, `gpt · 147f2928`, what `gpt-train --resume` takes and what
-  `logs/gpt/` lists, and at the run's end its last validation loss, `gpt · 147f2928 · valid 1.6347`. The comment is the user's (`--comment`), as labml sent it, never changed;
-  the run's own files keep labml's name;
+  `logs/gpt/` lists, and at the run's end its last validation loss,
+  `gpt · 147f2928 · valid 1.6347`. The comment is the user's (`--comment`), as labml sent it,
+  never changed; the run's own files keep labml's name;
 * **its first chart**: the app draws one chart per run, on one axis, and its metrics page plots
   every series (its card only those named `loss.*`, until told otherwise), so
   `tokens_per_second` (thousands) flattens the losses (a few units) to a line at zero. The
