@@ -110,8 +110,9 @@ def launch(workers: int, argv: List[str]) -> int:
             raise SystemExit(codes[0]) from None
         if died:
             rank, code = min(died.items())
-            raise UserError(f'rank {rank} died ({signal.Signals(-code).name if -code in signal.Signals._value2member_map_ else -code}); '
-                            f'the others stopped' + (', rank 0 saving a checkpoint' if 0 not in died else '')) from None
+            how = signal.Signals(-code).name if -code in signal.Signals._value2member_map_ else -code
+            saving = ', rank 0 saving a checkpoint' if 0 not in died else ''
+            raise UserError(f'rank {rank} died ({how}); the others stopped{saving}') from None
         said = [c for c in codes.values() if c > 0]
         raise SystemExit(said[0] if said else 1) from None
     return 0

@@ -95,7 +95,7 @@ class GPT(nn.Module):
         if self.batch_first:
             # `[seq, batch]` tokens to `[batch, seq, d_model]` embeddings, the encoder batch
             # first (no mask: every layer is causal), and the output back to sequence first.
-            x = self.encoder(self.embedding_dropout(self._embed_batch_first(x)), None).transpose(0, 1)
+            x = self.encoder(self.embedding_dropout(self.embed(x, batch_first=True)), None).transpose(0, 1)
         else:
             # labml_nn's attention reads the mask: `mask[i, j]` is true when position `i` may
             # attend to position `j <= i` (made anew each time: a few microseconds).
@@ -103,17 +103,30 @@ class GPT(nn.Module):
         # The second value is the recurrent state labml's trainer expects; a GPT has none.
         return self.generator(x), None
 
-    def _embed_batch_first(self, x: torch.Tensor) -> torch.Tensor:
+    def embed(self, x: torch.Tensor, start: int = 0, batch_first: bool = False) -> torch.Tensor:
         r"""
-        `[batch_size, seq_len, d_model]` embeddings of `[seq_len, batch_size]` tokens. labml_nn's
-        embeddings compute $\sqrt{d_{model}} W_e[x] + p$; here the tokens are transposed rather
-        than the result, and the scale and the sum are one operation.
+        The embeddings of `[seq_len, batch_size]` tokens at positions `start, start + 1, ...`:
+        `[seq_len, batch_size, d_model]`, or `[batch_size, seq_len, d_model]` with `batch_first`.
+        labml_nn's embeddings compute $\sqrt{d_{model}} W_e[x] + p$; here the scale and the sum
+        are one operation, and batch first the tokens are transposed rather than the result.
+        Training embeds from position 0; the [key/value cache](sampling.html) embeds each new
+        token at the position after those it keeps.
         """
         e = self.src_embed
-        if type(e) in (EmbeddingsWithLearnedPositionalEncoding, EmbeddingsWithPositionalEncoding):
-            pe = e.positional_encodings[:x.shape[0]].transpose(0, 1)
-            return torch.add(pe, e.linear(x.t()), alpha=math.sqrt(e.d_model))
-        return e(x).transpose(0, 1).contiguous()
+        tokens = x.t() if batch_first else x
+        if type(e) is nn.Embedding:
+            # labml_nn's `no_pos`: the token embeddings alone, unscaled, whatever the position
+            return e(tokens)
+        if type(e) not in (EmbeddingsWithLearnedPositionalEncoding, EmbeddingsWithPositionalEncoding):
+            # Another embedding module runs as it is, from position 0
+            if start:
+                raise ValueError(f'{type(e).__name__} embeds from position 0 only')
+            return e(x).transpose(0, 1).contiguous() if batch_first else e(x)
+        # `[seq_len, 1, d_model]`, broadcast over the batch
+        pe = e.positional_encodings[start:start + len(x)]
+        if len(pe) < len(x):
+            raise ValueError(f'positions up to {start + len(x)} but the table has {len(e.positional_encodings)}')
+        return torch.add(pe.transpose(0, 1) if batch_first else pe, e.linear(tokens), alpha=math.sqrt(e.d_model))
 
 
 class Dropout(nn.Dropout):
@@ -290,7 +303,8 @@ class PostLNTransformerLayer(TransformerLayer):
     <a id="PostLNTransformerLayer"></a>
     ## GPT-1's post-LayerNorm layer
 
-    [Radford et al. (2018)](https://cdn.openai.com/research-covers/language-unsupervised/language_understanding_paper.pdf)
+    [Radford et al. (2018)](
+    https://cdn.openai.com/research-covers/language-unsupervised/language_understanding_paper.pdf)
     normalise *after* each residual sum, as the original transformer does, where labml_nn
     normalises before each sub-layer. The parameters are those of labml_nn's (pre-LN)
     `TransformerLayer`. A post-LN stack ends normalised already, so the GPT drops labml_nn's

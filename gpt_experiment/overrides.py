@@ -71,7 +71,8 @@ UNUSED = {
 
 # What `--help` says of labml's keys that have no comment in labml's own sources
 LABML_HELP = {
-    'device.cuda_device': 'The CUDA device to train on', 'device.use_cuda': 'Whether to train on CUDA when there is one',
+    'device.cuda_device': 'The CUDA device to train on',
+    'device.use_cuda': 'Whether to train on CUDA when there is one',
 }
 
 

@@ -60,29 +60,22 @@ def check_prompt(prompt: str, tokenizer):
     tokenizers.check_encodable(tokenizer, prompt, f'prompt {prompt!r}')
 
 
-@torch.no_grad()
 def greedy_continuation(model: nn.Module, tokenizer, prompt: str, *, n_tokens: int, seq_len: int,
                         separator: str, device: torch.device) -> Iterator[str]:
     """
     The text of the `n_tokens` tokens the model appends to `prompt`, taking the most likely one
-    each time, yielded token by token (so that the caller can stop between two).
+    each time, yielded token by token (so that the caller can stop between two). Each token
+    runs the model over the last `seq_len` tokens ([`generate`](#generate) without its cache,
+    which works with any attention).
     """
-    was_training = model.training
-    model.eval()
     decoder = tokenizers.StreamDecoder(tokenizer)
     ids = torch.tensor(tokenizer.encode(prompt), dtype=torch.long, device=device)
-    try:
-        for _ in range(n_tokens):
-            # `[seq_len, 1]`: the last `seq_len` tokens as a batch of one.
-            logits, *_ = model(ids[-seq_len:].unsqueeze(-1))
-            next_id = logits[-1, 0].argmax()
-            ids = torch.cat([ids, next_id.view(1)])
-            yield separator + decoder.add(next_id.item())
-        tail = decoder.flush()
-        if tail:
-            yield separator + tail
-    finally:
-        model.train(was_training)
+    for token in generate(model, ids[-seq_len:], n_tokens=n_tokens, seq_len=seq_len, sampler=GreedySampler(),
+                          use_cache=False):
+        yield separator + decoder.add(token)
+    tail = decoder.flush()
+    if tail:
+        yield separator + tail
 
 
 def make_sampler(temperature: float = 1.0, top_k: Optional[int] = None, top_p: Optional[float] = None) -> Sampler:
@@ -170,7 +163,8 @@ class KVCache:
         for layer in layers:
             if not isinstance(layer.self_attn, MultiHeadAttention) or type(layer.self_attn).get_scores \
                     is not MultiHeadAttention.get_scores:
-                raise UserError(f'the key/value cache needs mha or sdpa attention, not {type(layer.self_attn).__name__}')
+                raise UserError(f'the key/value cache needs mha or sdpa attention, '
+                                f'not {type(layer.self_attn).__name__}')
         self.attentions = [CachedAttention(layer.self_attn) for layer in layers]
         self.length = 0
 
@@ -179,22 +173,12 @@ class KVCache:
             a.k = a.v = None
         self.length = 0
 
-    def _embed(self, ids: torch.Tensor) -> torch.Tensor:
-        """Token embeddings plus the positional encodings of positions `length..`."""
-        e = self.model.src_embed
-        if type(e) is nn.Embedding:
-            # labml_nn's `no_pos`: the token embeddings alone, unscaled, whatever the position
-            return e(ids)
-        pe = e.positional_encodings[self.length:self.length + len(ids)]
-        if len(pe) < len(ids):
-            raise ValueError(f'positions up to {self.length + len(ids)} but the table has {len(e.positional_encodings)}')
-        return e.linear(ids) * e.d_model ** 0.5 + pe
-
     @torch.no_grad()
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
         """`ids` `[n_new, batch_size]` -> logits `[n_new, batch_size, n_tokens]`."""
         model = self.model
-        x = model.embedding_dropout(self._embed(ids))
+        # the new tokens sit after the `length` kept
+        x = model.embedding_dropout(model.embed(ids, start=self.length))
         for layer, cached in zip(model.encoder.layers, self.attentions):
             original = layer.self_attn
             layer.self_attn = cached
@@ -215,24 +199,29 @@ def generate(model: nn.Module, prompt: torch.Tensor, *, n_tokens: int, seq_len: 
     sliding its window by `slide` tokens (default `seq_len // 4`) when full; without, each
     token runs the model over the last `seq_len` tokens.
     """
+    # in eval mode (no dropout) while it decodes, and back to the mode it was in after
+    was_training = model.training
     model.eval()
     slide = max(1, seq_len // 4) if slide is None else slide
     ids = prompt.tolist()
     device = prompt.device
-    cache = KVCache(model) if use_cache else None
-    if cache is not None:
-        logits = cache.forward(prompt[-seq_len:].unsqueeze(-1))
-    for i in range(n_tokens):
-        if cache is None:
-            context = torch.tensor(ids[-seq_len:], device=device)
-            logits, *_ = model(context.unsqueeze(-1))
-        token = int(sampler(logits[-1:, 0])[0])
-        ids.append(token)
-        yield token
-        if cache is not None and i + 1 < n_tokens:
-            if cache.length >= seq_len:
-                # Full: keep the last `seq_len - slide` tokens at new positions, and the new one.
-                cache.reset()
-                logits = cache.forward(torch.tensor(ids[-(seq_len - slide + 1):], device=device).unsqueeze(-1))
-            else:
-                logits = cache.forward(torch.tensor([token], device=device).unsqueeze(-1))
+    try:
+        cache = KVCache(model) if use_cache else None
+        if cache is not None:
+            logits = cache.forward(prompt[-seq_len:].unsqueeze(-1))
+        for i in range(n_tokens):
+            if cache is None:
+                context = torch.tensor(ids[-seq_len:], device=device)
+                logits, *_ = model(context.unsqueeze(-1))
+            token = int(sampler(logits[-1:, 0])[0])
+            ids.append(token)
+            yield token
+            if cache is not None and i + 1 < n_tokens:
+                if cache.length >= seq_len:
+                    # Full: keep the last `seq_len - slide` tokens at new positions, and the new one.
+                    cache.reset()
+                    logits = cache.forward(torch.tensor(ids[-(seq_len - slide + 1):], device=device).unsqueeze(-1))
+                else:
+                    logits = cache.forward(torch.tensor([token], device=device).unsqueeze(-1))
+    finally:
+        model.train(was_training)

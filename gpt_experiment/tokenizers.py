@@ -201,6 +201,7 @@ class StreamDecoder:
 
     def flush(self) -> str:
         """Whatever is still held back, at the end of a sample."""
-        text = self.tokenizer.decode(self.ids) if self.ids and not isinstance(self.tokenizer, CharacterTokenizer) else ''
+        held = self.ids and not isinstance(self.tokenizer, CharacterTokenizer)
+        text = self.tokenizer.decode(self.ids) if held else ''
         self.ids = []
         return text

@@ -246,7 +246,8 @@ class Trainer(NLPAutoRegressionConfigs):
         tokens = self._position.tokens + data.numel() * distributed.world().size
         micro = self.micro_batch_size or data.shape[1]
         # (a slice of the batch dimension of sequence-first tensors is not contiguous)
-        chunks = [(x.contiguous(), y.contiguous()) for x, y in zip(data.split(micro, dim=1), target.split(micro, dim=1))] \
+        chunks = [(x.contiguous(), y.contiguous())
+                  for x, y in zip(data.split(micro, dim=1), target.split(micro, dim=1))] \
             if micro < data.shape[1] else [(data, target)]
         for i, (x, y) in enumerate(chunks):
             with distributed.sync_gradients(self.train_model, i == len(chunks) - 1), out_of_memory(x.shape[1]):

@@ -28,7 +28,7 @@ def test_prompt_longer_than_seq_len_is_cropped(tiny_configs):
     prompt = PARAGRAPH[:3 * conf.seq_len + 5]
     ids = conf.text.text_to_i(prompt)
     # the whole prompt does not fit the position table
-    with pytest.raises(RuntimeError):
+    with pytest.raises(ValueError, match=f'positions up to {len(ids)} but the table has {conf.seq_len}'):
         model(ids.unsqueeze(-1))
 
     model.train()
