@@ -23,25 +23,17 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from labml import experiment  # noqa: E402
-
 from gpt_experiment import Configs  # noqa: E402
-from gpt_experiment.configs import cpu_flags  # noqa: E402
+from gpt_experiment.configs import cpu_name  # noqa: E402
 from gpt_experiment.overrides import check_overrides  # noqa: E402
-from gpt_experiment.runs import project_path  # noqa: E402
 
-
-def build(overrides: dict) -> Configs:
-    experiment.create(name='bf16_crossover', writers=set(), python_file=project_path())
-    conf = Configs()
-    experiment.configs(conf, check_overrides(Configs, overrides))
-    return conf
+from throughput import build  # noqa: E402
 
 
 def ratio(width: int, layers: int, batch: int, seq_len: int, steps: int, warmup: int) -> float:
     shape = {'transformer.d_model': width, 'transformer.n_heads': max(1, width // 32), 'transformer.n_layers': layers,
              'transformer.ffn.d_ff': 4 * width, 'transformer.dropout': 0.0, 'batch_size': batch, 'seq_len': seq_len}
-    runs = {dtype: build({**shape, 'dtype': dtype}) for dtype in ('float32', 'bfloat16')}
+    runs = {dtype: build(Configs, check_overrides(Configs, {**shape, 'dtype': dtype})) for dtype in ('float32', 'bfloat16')}
     batches = list(runs['float32'].train_loader.epoch(0))
     times = {dtype: [] for dtype in runs}
     for i in range(warmup + steps):
@@ -62,11 +54,7 @@ def main():
     parser.add_argument('--steps', type=int, default=10)
     parser.add_argument('--warmup', type=int, default=3)
     args = parser.parse_args()
-    flags = sorted(cpu_flags() & {'avx512f', 'avx512_bf16', 'amx_bf16'})
-    model = next((line.split(':', 1)[1].strip() for line in open('/proc/cpuinfo') if line.startswith('model name')),
-                 'unknown CPU')
-    print(f'{model}; flags {", ".join(flags) or "none of avx512f, avx512_bf16, amx_bf16"}; '
-          f'torch {torch.__version__}, {torch.get_num_threads()} threads; {args.layers} layers')
+    print(f'{cpu_name()}; torch {torch.__version__}, {torch.get_num_threads()} threads; {args.layers} layers')
     print('width  ' + '  '.join(f'{b:>8}' for b in args.batches) + '   (fp32 step time / bf16 step time)')
     for width in args.widths:
         cells = []

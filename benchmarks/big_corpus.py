@@ -21,13 +21,15 @@ import sys
 import time
 from pathlib import Path
 
+import torch
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from labml import experiment  # noqa: E402
-
 from gpt_experiment import Configs  # noqa: E402
+from gpt_experiment.configs import cpu_name  # noqa: E402
 from gpt_experiment.overrides import check_overrides  # noqa: E402
-from gpt_experiment.runs import project_path  # noqa: E402
+
+from throughput import build  # noqa: E402
 
 
 def main():
@@ -39,9 +41,8 @@ def main():
     overrides = {'text': args.path, 'tokenizer': args.tokenizer, 'seq_len': 64, 'batch_size': 16,
                  'transformer.d_model': 64, 'transformer.n_heads': 2, 'transformer.n_layers': 2,
                  'transformer.ffn.d_ff': 128}
-    experiment.create(name='big_corpus', writers=set(), python_file=project_path())
-    c = Configs()
-    experiment.configs(c, check_overrides(Configs, overrides))
+    c = build(Configs, check_overrides(Configs, overrides))
+    print(f'{cpu_name()}; torch {torch.__version__}, {torch.get_num_threads()} threads')
     size = Path(args.path).stat().st_size
     start = time.perf_counter()
     text = c.text
@@ -49,9 +50,9 @@ def main():
     print(f'{text}\nloaded {size / 1e6:,.0f} MB in {seconds:.1f}s: {size / 1e6 / seconds:.1f} MB/s '
           f'(training the tokenizer included, when it was not cached)')
     model, optimizer = c.model, c.optimizer
-    batches = iter(c.train_loader)
+    batches = c.train_loader.epoch(0)
     for _ in range(args.steps):
-        x, y = next(batches)
+        x, y, _ = next(batches)
         logits, _ = model(x)
         loss = c.loss_func(logits, y)
         loss.backward()

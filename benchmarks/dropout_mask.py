@@ -29,6 +29,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from gpt_experiment.configs import cpu_name  # noqa: E402
 from gpt_experiment.model import keep_mask  # noqa: E402
 
 
@@ -52,7 +53,7 @@ def main():
             draw()
             if i >= 3:
                 times[name].append(time.perf_counter() - start)
-    print(f'shape {list(shape)}, p {p}, torch {torch.__version__}, {torch.get_num_threads()} threads')
+    print(f'{cpu_name()}; shape {list(shape)}, p {p}, torch {torch.__version__}, {torch.get_num_threads()} threads')
     for name, ts in times.items():
         print(f'{name:>9}: {statistics.median(ts) * 1000:8.2f} ms')
     for other in ('bernoulli', 'int31'):

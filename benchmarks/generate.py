@@ -20,12 +20,12 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from labml import experiment  # noqa: E402
-
 from gpt_experiment import Configs  # noqa: E402
+from gpt_experiment.configs import cpu_name  # noqa: E402
 from gpt_experiment.overrides import check_overrides, overrides_from_args  # noqa: E402
 from gpt_experiment.sampling import generate, make_sampler  # noqa: E402
-from gpt_experiment.runs import project_path  # noqa: E402
+
+from throughput import build  # noqa: E402
 
 
 def main():
@@ -33,15 +33,13 @@ def main():
     parser.add_argument('items', nargs='*', help='key=value overrides')
     parser.add_argument('--prompt', type=int, default=256)
     parser.add_argument('--new', type=int, default=500)
-    parser.add_argument('--vocab', type=int, default=65, help='vocabulary size (Tiny Shakespeare has 65 characters)')
     args = parser.parse_args()
-    overrides = check_overrides(Configs, {'n_tokens': args.vocab, **overrides_from_args(args.items)})
-    experiment.create(name='generate_benchmark', writers=set(), python_file=project_path())
-    c = Configs()
-    experiment.configs(c, overrides)
+    # the vocabulary is the corpus's (Tiny Shakespeare's 65 characters by default)
+    overrides = check_overrides(Configs, overrides_from_args(args.items))
+    c = build(Configs, overrides)
     model = c.model.eval()
     torch.manual_seed(0)
-    prompt = torch.randint(0, args.vocab, (args.prompt,))[-c.seq_len:]
+    prompt = torch.randint(0, c.n_tokens, (args.prompt,))[-c.seq_len:]
     greedy = make_sampler(temperature=0)
     rates = {}
     for use_cache in (False, True):
@@ -51,7 +49,7 @@ def main():
         rates[use_cache] = n / (time.perf_counter() - start)
         print(f'{"with" if use_cache else "without"} cache: {rates[use_cache]:.1f} tokens/s '
               f'({args.new} tokens after a {args.prompt}-token prompt, seq_len {c.seq_len}, '
-              f'{torch.get_num_threads()} threads)')
+              f'{torch.get_num_threads()} threads of the {cpu_name()})')
     print(f'cache speed-up: {rates[True] / rates[False]:.2f}x')
 
 

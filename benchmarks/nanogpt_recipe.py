@@ -42,6 +42,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import nanogpt  # noqa: E402
 from gpt_experiment import corpus  # noqa: E402
+from gpt_experiment.configs import cpu_name  # noqa: E402
 
 # train_shakespeare_char.py with the README's CPU overrides
 BLOCK_SIZE, BATCH_SIZE, N_LAYER, N_HEAD, N_EMBD = 64, 12, 4, 4, 128
@@ -65,6 +66,7 @@ def main():
     parser.add_argument('--whole-split', action='store_true',
                         help='after the run, also the loss over every window of the validation split')
     args = parser.parse_args()
+    print(f'{cpu_name()}; torch {torch.__version__}, {torch.get_num_threads()} threads', flush=True)
     torch.manual_seed(1337)
     # prepare.py: the sorted characters, the first 90% training
     (part,) = corpus.tiny_shakespeare().parts

@@ -28,6 +28,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from gpt_experiment import Configs  # noqa: E402
+from gpt_experiment.configs import cpu_name  # noqa: E402
 from gpt_experiment.optimizer import AdamWarmupCosineDecay  # noqa: E402
 from gpt_experiment.overrides import check_overrides  # noqa: E402
 
@@ -72,7 +73,7 @@ def main():
                 adam[name].append(t)
             step.append(s)
             walk.append(w)
-    print(f'shape {args.shape}, torch {torch.__version__}, {torch.get_num_threads()} threads; '
+    print(f'{cpu_name()}; shape {args.shape}, torch {torch.__version__}, {torch.get_num_threads()} threads; '
           f'{sum(len(ps) for ps in tensors)} parameter tensors in {len(groups)} groups, '
           f'{sum(f.numel() for f in flat):,} numbers, {len(list(conf.model.modules()))} modules')
     for name, ts in adam.items():

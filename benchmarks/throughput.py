@@ -52,6 +52,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from labml import experiment, tracker  # noqa: E402
 
 from gpt_experiment import Configs, corpus  # noqa: E402
+from gpt_experiment.configs import cpu_name  # noqa: E402
 from gpt_experiment.overrides import check_overrides, overrides_from_args  # noqa: E402
 from gpt_experiment.runs import project_path  # noqa: E402
 from gpt_experiment.training import compute_ahead  # noqa: E402
@@ -129,18 +130,19 @@ def batches_of(loader):
 def compare(args, overrides: dict):
     import labml_nn.transformers.gpt as stock_gpt
     warnings.filterwarnings('ignore', message='Overriding option')
-    # labml_nn's recipe reads Tiny Shakespeare from labml's `data/` (and downloads it when it is
-    # not there): give it the copy that ships with this package.
-    from labml import lab
-    data = Path(lab.get_data_path()) / 'tiny_shakespeare.txt'
-    if not data.exists():
-        data.parent.mkdir(parents=True, exist_ok=True)
-        data.write_bytes(corpus.tiny_shakespeare().parts[0].open().read())
     # Stock first: labml 0.4.168 copies a subclass's defaults into its base classes' config
     # items when the subclass is instantiated, so labml_nn's configs must be computed before
     # ours exist.
     stock = build(stock_gpt.Configs, {'text': 'tiny_shakespeare', 'tokenizer': 'character',
                                      'prompt_separator': '', 'prompt': 'It is ', **overrides})
+    # labml_nn's recipe reads Tiny Shakespeare from the `data/` of the project the experiment
+    # was created in (and downloads it when it is not there): give it the copy that ships with
+    # this package. (Before `experiment.create`, labml's `data/` is the one above this script.)
+    from labml import lab
+    data = Path(lab.get_data_path()) / 'tiny_shakespeare.txt'
+    if not data.exists():
+        data.parent.mkdir(parents=True, exist_ok=True)
+        data.write_bytes(corpus.tiny_shakespeare().parts[0].open().read())
     stock_model, stock_optimizer = stock.model, stock.optimizer
     fast = build(Configs, check_overrides(Configs, {
         **overrides, 'transformer.encoder_attn': 'sdpa', 'dtype': args.dtype, 'compile': args.compile}))
@@ -182,7 +184,8 @@ def compare(args, overrides: dict):
     shape = SHAPES[args.shape]
     per_token = flops_per_token(fast.model, fast.transformer.n_layers, fast.transformer.d_model, fast.seq_len)
     tokens = x.numel()
-    print(f'device: {device}, torch {torch.__version__}, {torch.get_num_threads()} threads; '
+    where = cpu_name() if device.type == 'cpu' else torch.cuda.get_device_name(device)
+    print(f'device: {device}, {where}, torch {torch.__version__}, {torch.get_num_threads()} threads; '
           f'shape {args.shape} {shape_overrides(shape) | overrides}; {per_token / 1e6:.1f} MFLOP/token')
     for name in times:
         peak = matmul_peak(dtypes[name], device)

@@ -18,6 +18,7 @@ defaults are the labml GPT recipe on Tiny Shakespeare.
 
 import warnings
 from pathlib import Path
+from typing import Optional
 
 import torch
 
@@ -185,16 +186,25 @@ def has_bf16_units(device: torch.device) -> bool:
     return False
 
 
-def cpu_flags() -> set:
-    """The CPU's feature flags as Linux lists them (empty elsewhere)."""
+def _cpuinfo(key: str) -> Optional[str]:
+    """The value of the first `key: value` line of Linux's `/proc/cpuinfo` (`None` elsewhere)."""
     try:
         text = Path('/proc/cpuinfo').read_text()
     except OSError:
-        return set()
-    for line in text.splitlines():
-        if line.startswith('flags'):
-            return set(line.split(':', 1)[1].split())
-    return set()
+        return None
+    return next((line.split(':', 1)[1].strip() for line in text.splitlines() if line.split(':')[0].strip() == key),
+                None)
+
+
+def cpu_flags() -> set:
+    """The CPU's feature flags as Linux lists them (empty elsewhere)."""
+    return set((_cpuinfo('flags') or '').split())
+
+
+def cpu_name() -> str:
+    """The CPU's model and which of the flags that decide where bf16 pays it has: what a benchmark names."""
+    flags = sorted(cpu_flags() & {'avx512f', 'avx512_bf16', 'amx_bf16'})
+    return f'{_cpuinfo("model name") or "unknown CPU"} ({", ".join(flags) or "no avx512f, avx512_bf16 or amx_bf16"})'
 
 
 def auto_dtype(device: torch.device, width: int) -> tuple:
