@@ -91,6 +91,25 @@ def test_a_signal_saves_a_checkpoint_after_the_step_and_exits(tmp_path, sig, sta
     assert 'loss' not in _indicators(run_dir)
 
 
+@pytest.mark.parametrize('delay', [0.3, 1.5])
+def test_a_ctrl_c_before_training_is_one_line_and_130(tmp_path, delay):
+    # While Python imports torch and labml, or labml computes the configs: no traceback
+    project = write_project(tmp_path)
+    env = {**os.environ, 'PYTHONPATH': str(REPO_ROOT), 'OMP_NUM_THREADS': '1'}
+    proc = subprocess.Popen([sys.executable, '-m', 'gpt_experiment.main', *[f'{k}={v}' for k, v in ARGS.items()]],
+                            cwd=project, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        time.sleep(delay)
+        assert proc.poll() is None
+        proc.send_signal(signal.SIGINT)
+        _, stderr = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130, stderr[-2000:]
+    assert stderr.strip().splitlines()[-1] == 'interrupted'
+    assert 'Traceback' not in stderr
+
+
 def _signal_at_step(n, sig):
     """`F.cross_entropy` that sends `sig` to this process at the `n`th training step."""
     real = torch.nn.functional.cross_entropy
