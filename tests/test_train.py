@@ -151,25 +151,24 @@ def test_the_default_corpus_ships_with_the_package(tmp_path, preset):
     assert len(read_scalars(run, 'loss.valid')) == 1
 
 
+def _modes_after(monkeypatch, method: str) -> list:
+    """The set of the model's modules' `training` flags after each call of `Trainer.<method>`."""
+    from gpt_experiment import trainer
+    seen = []
+    real = getattr(trainer.Trainer, method)
+
+    def spy(self, *args, **kwargs):
+        real(self, *args, **kwargs)
+        seen.append({m.training for m in self.model.modules()})
+    monkeypatch.setattr(trainer.Trainer, method, spy)
+    return seen
+
+
 def test_every_training_step_runs_in_training_mode_after_validation_and_sampling(project, monkeypatch):
     # A step only switches the model to training mode when it is not already in it; validation
     # and sampling between the stretches leave it in eval mode, and dropout must come back.
-    from gpt_experiment import trainer
-    modes = []
-    step = trainer.Trainer.train_step
-
-    def spy(self, *args, **kwargs):
-        step(self, *args, **kwargs)
-        modes.append({m.training for m in self.model.modules()})
-    monkeypatch.setattr(trainer.Trainer, 'train_step', spy)
-    evals = []
-    validate = trainer.Trainer.validate
-
-    def spy_validate(self, *args, **kwargs):
-        validate(self, *args, **kwargs)
-        evals.append({m.training for m in self.model.modules()})
-    monkeypatch.setattr(trainer.Trainer, 'validate', spy_validate)
+    steps, validations = _modes_after(monkeypatch, 'train_step'), _modes_after(monkeypatch, 'validate')
     train({**TINY, 'text': 'corpus.txt', 'epochs': 2, 'inner_iterations': 2, 'sample_tokens': 2,
            'transformer.dropout': 0.1}, name='modes', writers='sqlite')
-    assert len(evals) == 4 and all(e == {False} for e in evals)
-    assert len(modes) > 8 and all(m == {True} for m in modes)
+    assert len(validations) == 4 and all(v == {False} for v in validations)
+    assert len(steps) > 8 and all(m == {True} for m in steps)
