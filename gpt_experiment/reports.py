@@ -139,18 +139,17 @@ def _shown(value: Any) -> str:
     return '-' if value is None else str(value)
 
 
-def effective(run_dir: Path, key: str, given: Dict[str, Any]) -> Any:
+def effective(key: str, given: Dict[str, Any], recorded: Dict[str, Any]) -> Any:
     """
-    What `key` was in the run: the value it was given, else the one labml recorded (an
+    What `key` was in a run: the value it was `given`, else the one labml `recorded` (an
     option's name, or what it computed to), else the value the key is declared with.
     """
     from .configs import Configs
     from .overrides import config_keys
     if key in given:
         return given[key]
-    recorded = runs.config_values(run_dir).get(key)
-    if recorded is not None:
-        return recorded
+    if recorded.get(key) is not None:
+        return recorded[key]
     declared = config_keys(Configs).get(key)
     if declared is None:
         return None
@@ -160,8 +159,9 @@ def effective(run_dir: Path, key: str, given: Dict[str, Any]) -> Any:
 def differing_configs(run_dirs: List[Path]) -> Dict[str, List[Any]]:
     """The configs given to any of the runs whose values in the runs are not all the same."""
     given = [runs.given_configs(r) for r in run_dirs]
+    recorded = [runs.config_values(r) for r in run_dirs]
     keys = sorted(set().union(*given))
-    values = {k: [effective(r, k, g) for g, r in zip(given, run_dirs)] for k in keys}
+    values = {k: [effective(k, g, c) for g, c in zip(given, recorded)] for k in keys}
     return {k: v for k, v in values.items() if len({repr(x) for x in v}) > 1}
 
 
