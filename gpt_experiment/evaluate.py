@@ -90,10 +90,13 @@ def total_loss(model, ids, seq_len: int, stride: int, batch_size: int, device) -
 
 
 def evaluate(model, tokenizer, text: str, *, seq_len: int, stride: int, batch_size: int = 16,
-             device='cpu') -> Dict[str, float]:
-    """The mean loss, perplexity, bits per token, per character and per byte of `text`."""
+             device='cpu', ids=None) -> Dict[str, float]:
+    """
+    The mean loss, perplexity, bits per token, per character and per byte of `text`, scored as
+    the token `ids` given (a run's own validation split, as it was split) or as `text` encodes.
+    """
     import torch
-    ids = torch.tensor(tokenizer.encode(text), dtype=torch.long)
+    ids = torch.tensor(tokenizer.encode(text), dtype=torch.long) if ids is None else ids
     if len(ids) < 2:
         raise UserError(f'the text has {len(ids)} token(s); scoring needs at least 2')
     nats = total_loss(model, ids, seq_len, stride, batch_size, device)
@@ -113,6 +116,8 @@ def run(argv: Optional[List[str]] = None) -> int:
     """`gpt-evaluate` and `python -m gpt_experiment.evaluate`."""
     args = parser().parse_args(commands.argv_of(argv))
     # imported once the arguments are parsed, so that `--help` answers at once
+    import numpy as np
+    import torch
     from labml import experiment
     from . import runs
     if args.batch_size < 1:
@@ -123,17 +128,20 @@ def run(argv: Optional[List[str]] = None) -> int:
         run_dir, checkpoint = runs.find(args.run, args.checkpoint)
         model, conf, tokenizer = runs.load_model(run_dir, checkpoint, args.device)
         if args.text is not None:
-            text, name = files.read_text(args.text, max_bytes=1 << 30), args.text
+            text, name, ids = files.read_text(args.text, max_bytes=1 << 30), args.text, None
         else:
-            # The run's own validation split, read and split as the run did, with its tokenizer
+            # The run's own validation split, read and split as the run did, with its tokenizer:
+            # its tokens are scored as they are, and decoded once for the characters and bytes.
             conf._run_tokenizer = tokenizer
-            text, name = tokenizer.decode(conf.text.valid.tolist()), f'the validation split of {conf.text.name}'
-    tokenizers.check_encodable(tokenizer, text, name, " of the run's tokenizer")
+            ids = torch.from_numpy(np.asarray(conf.text.valid, dtype=np.int64))
+            text, name = tokenizer.decode(ids.tolist()), f'the validation split of {conf.text.name}'
+    if ids is None:
+        tokenizers.check_encodable(tokenizer, text, name, " of the run's tokenizer")
     stride = conf.seq_len // 2 if args.stride is None else args.stride
     if not 1 <= stride <= conf.seq_len:
         raise UserError(f'--stride must be in [1, {conf.seq_len}], got {stride}')
     results = evaluate(model, tokenizer, text, seq_len=conf.seq_len, stride=stride,
-                       batch_size=args.batch_size, device=next(model.parameters()).device)
+                       batch_size=args.batch_size, device=next(model.parameters()).device, ids=ids)
     if not math.isfinite(results['loss']):
         raise LossNotFinite(f'the loss on {name} is not finite: the weights of {checkpoint} are damaged')
     results = {'run': runs.uuid_of(run_dir), 'name': run_dir.parent.name, 'checkpoint': int(checkpoint.name),

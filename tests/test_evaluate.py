@@ -89,9 +89,13 @@ def test_bad_files_are_one_line(char_run, project):
 
 
 def test_bits_per_byte_counts_utf8_bytes_with_bpe(project):
-    train({**TINY, 'text': 'corpus.txt', 'epochs': 1, 'inner_iterations': 1, 'sample_tokens': 2,
-          'tokenizer': 'bpe', 'bpe_vocab_size': 300}, name='bpe', writers='sqlite')
+    conf = train({**TINY, 'text': 'corpus.txt', 'epochs': 1, 'inner_iterations': 1, 'sample_tokens': 2,
+                  'tokenizer': 'bpe', 'bpe_vocab_size': 300}, name='bpe', writers='sqlite')
     run = run_dirs(project, 'bpe')[0]
+    # the run's own validation split: its tokens as the run split them, every one but the first
+    out = _evaluate(['--run', run.name, '--json'], project)
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout)['tokens'] == len(conf.text.valid) - 1
     (project / 'accents.txt').write_text('Déjà vu, café crème. ' * 8, encoding='utf-8')
     out = _evaluate(['--run', run.name, '--text', 'accents.txt', '--json'], project)
     assert out.returncode == 0, out.stderr
