@@ -14,10 +14,12 @@ every one of them ends the same way, with one line on stderr and an exit status:
 * otherwise nothing, and 0.
 
 The command modules import torch only once their arguments are parsed, so that `--help`
-answers at once, and Ctrl-C or SIGTERM during those imports is one line too.
+answers at once, and with the signals held back ([`held_signals`](#held_signals)), so that
+Ctrl-C or SIGTERM during those imports is one line too.
 """
 
 import argparse
+import contextlib
 import functools
 import os
 import signal
@@ -44,6 +46,31 @@ def _terminated(signum, frame):
     e = KeyboardInterrupt('SIGTERM')
     e.signum = signal.SIGTERM
     raise e
+
+
+@contextlib.contextmanager
+def held_signals():
+    """
+    Ctrl-C and SIGTERM held back while the block runs, and taken when it ends. A command imports
+    torch in such a block: torch's C extension imports numpy and swallows whatever goes wrong
+    there, a `KeyboardInterrupt` included, leaving numpy half imported, so that a Ctrl-C in
+    those seconds would be lost and the run would fail later, with a traceback.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    held = []
+    before = {s: signal.signal(s, lambda signum, frame: held.append(signum)) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for s, handler in before.items():
+            signal.signal(s, handler)
+    if held:
+        # as the command's own handlers would have raised it (130 or 143, below)
+        e = KeyboardInterrupt()
+        e.signum = held[0]
+        raise e
 
 
 def command(body: Callable[..., Optional[int]]) -> Callable[..., int]:

@@ -116,10 +116,11 @@ def run(argv: Optional[List[str]] = None) -> int:
     """`gpt-evaluate` and `python -m gpt_experiment.evaluate`."""
     args = parser().parse_args(commands.argv_of(argv))
     # imported once the arguments are parsed, so that `--help` answers at once
-    import numpy as np
-    import torch
-    from labml import experiment
-    from . import runs
+    with commands.held_signals():
+        import numpy as np
+        import torch
+        from labml import experiment
+        from . import runs
     if args.batch_size < 1:
         raise UserError(f'--batch-size must be at least 1, got {args.batch_size}')
     # labml reports what it builds on stdout, which is the results'

@@ -72,8 +72,9 @@ def run(argv: Optional[List[str]] = None) -> int:
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise UserError(f'{out} exists and is not an empty folder; give a new one')
     # imported once the arguments are good, so that `--help` answers at once
-    from labml import experiment
-    from . import files, hf, runs
+    with commands.held_signals():
+        from labml import experiment
+        from . import files, hf, runs
 
     transformers = hf.import_transformers()
     # labml reports what it builds and loads on stdout; errors are ours to report, in one line.

@@ -69,9 +69,10 @@ def run(argv: Optional[List[str]] = None) -> int:
     args = parser().parse_args(commands.argv_of(argv))
     check_sampling(args.temperature, args.seed)
     # imported once the arguments are good, so that `--help` answers at once
-    import torch
-    from labml import experiment
-    from . import runs, sampling, tokenizers
+    with commands.held_signals():
+        import torch
+        from labml import experiment
+        from . import runs, sampling, tokenizers
 
     sampler = sampling.make_sampler(args.temperature, args.top_k, args.top_p)
     if args.max_new_tokens < 1 or args.num_samples < 1:

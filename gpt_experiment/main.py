@@ -56,8 +56,9 @@ def run(argv: Optional[List[str]] = None) -> int:
         return 0
     if args.nproc_per_node != 1:
         return launch(args.nproc_per_node, commands.argv_of(argv))
-    from . import distributed
-    from .training import train
+    with commands.held_signals():
+        from . import distributed
+        from .training import train
     try:
         train(overrides.overrides_from_args(args.items), name=args.name, comment=args.comment,
               resume=args.resume, checkpoint=args.checkpoint, writers=args.writers, verbose=args.verbose)

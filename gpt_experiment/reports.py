@@ -208,6 +208,9 @@ def main(argv: Optional[List[str]] = None) -> int:
         elif len(run_dirs) < 2:
             raise UserError('gpt-runs compare needs two runs or more')
         else:
+            # (the configs each run was given are checked against `Configs`, which imports torch)
+            with commands.held_signals():
+                from . import configs  # noqa: F401
             print(compare(run_dirs))
         return 0
     if len(argv) > 1 or (argv and (argv[0].startswith('-') or not files.is_plain_name(argv[0]))):
