@@ -237,8 +237,8 @@ class Trainer(NLPAutoRegressionConfigs):
         if self._metrics is None:
             self._metrics = StepMetrics()
         # Validation and sampling switch the whole model to `eval()`, and back. `train()` walks
-        # every module, so it runs only when the model is not training already: at the small
-        # shape the walk cost 1% of a CPU step.
+        # every module, a cost that shows in a small model's CPU step (`benchmarks/per_tensor.py`),
+        # so it runs only when the model is not training already.
         if not self.model.training:
             self.model.train()
         data, target = data.to(self.device), target.to(self.device)
