@@ -81,9 +81,10 @@ def launch(workers: int, argv: List[str]) -> int:
     import os
     import signal
     import uuid
-    from torch.distributed.elastic.multiprocessing.api import SignalException
-    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
-    from torch.distributed.launcher.api import LaunchConfig, elastic_launch
+    with commands.held_signals():
+        from torch.distributed.elastic.multiprocessing.api import SignalException
+        from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+        from torch.distributed.launcher.api import LaunchConfig, elastic_launch
     # The launcher's own warnings ("shutting down workers") are not the run's.
     for name in list(logging.root.manager.loggerDict):
         if name.startswith('torch.distributed.elastic'):
