@@ -43,13 +43,31 @@ LABML_KEYS = {'check_repo_dirty', 'data_path', 'experiments_path', 'analytics_pa
               'web_api', 'web_api_frequency', 'web_api_verify_connection', 'web_api_open_browser', 'indicators'}
 
 
+# Values a run's or a project's YAML file may hold, an alias's values counted at each use
+MAX_YAML_VALUES = 1_000_000
+
+
 def load_yaml(path: Path) -> Any:
     """A YAML file of a run or a project, without Python tags; one line when damaged."""
     text = files.read_text(path)
     try:
-        return yaml.safe_load(text)
+        data = yaml.safe_load(text)
     except yaml.YAMLError as e:
         raise UserError(f'{path} is not valid YAML ({" ".join(str(e).split())[:200]})') from None
+    # Aliases nest: nine lines of nine aliases each make 9^9 values ("a billion laughs"), which
+    # load as shared references but take forever to check or print. Count them, and stop early.
+    stack, count = [data], 0
+    while stack:
+        value = stack.pop()
+        count += 1
+        if count > MAX_YAML_VALUES:
+            raise UserError(f'{path} holds over {MAX_YAML_VALUES:,} values once its YAML aliases are followed')
+        if isinstance(value, dict):
+            stack.extend(value.keys())
+            stack.extend(value.values())
+        elif isinstance(value, (list, tuple)):
+            stack.extend(value)
+    return data
 
 
 def _labml_yamls() -> List[Path]:

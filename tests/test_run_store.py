@@ -183,6 +183,9 @@ DAMAGES = {
                               lambda run: (run / 'configs.yaml').write_text('- [unclosed\n')),
     'configs.yaml a value of the wrong type': ('configs.yaml', ('generate', 'evaluate', 'resume'), lambda run: _configs(
         run, lambda c: c['seq_len'].update(value='sixteen', is_explicitly_specified=True))),
+    # nine aliases of nine aliases ... of nine values: 9^9 values once followed, a few lines written
+    'configs.yaml a billion laughs': ('configs.yaml', ('generate', 'evaluate', 'resume'),
+                                      lambda run: _laughs(run / 'configs.yaml', 'seq_len')),
     'configs.yaml an unknown key': ('configs.yaml', ('generate', 'evaluate', 'resume'), lambda run: _configs(
         run, lambda c: c.update(no_such_key={'value': 1, 'is_explicitly_specified': True}))),
     'configs.yaml a FIFO': ('configs.yaml', ('generate', 'evaluate', 'resume'), lambda run: (
@@ -212,6 +215,15 @@ DAMAGES = {
     'tokenizer.json another vocabulary': ('tokenizer.json', ('generate', 'evaluate'), lambda run: (
         run / 'tokenizer.json').write_text(json.dumps({'kind': 'character', 'itos': list('abc')}))),
 }
+
+
+def _laughs(path, key):
+    """`key` given, in labml's `configs.yaml` at `path`, as an alias that is 9^9 values once followed."""
+    lines = ['laughs:', '  l1: &l1 [' + ', '.join(['lol'] * 9) + ']']
+    lines += [f'  l{i}: &l{i} [' + ', '.join([f'*l{i - 1}'] * 9) + ']' for i in range(2, 10)]
+    configs = yaml.safe_load(path.read_text())
+    configs[key].update(value='LAUGHS', is_explicitly_specified=True)
+    path.write_text('\n'.join(lines) + '\n' + yaml.safe_dump(configs).replace('LAUGHS', '*l9'))
 
 
 def _link_out(path, elsewhere):
