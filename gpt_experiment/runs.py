@@ -56,6 +56,8 @@ def load_yaml(path: Path) -> Any:
         raise UserError(f'{path} is not valid YAML ({" ".join(str(e).split())[:200]})') from None
     # Aliases nest: nine lines of nine aliases each make 9^9 values ("a billion laughs"), which
     # load as shared references but take forever to check or print. Count them, and stop early.
+    # (A preset refuses aliases of lists and mappings outright, `overrides._PresetLoader`; files
+    # that labml writes may hold some, of objects two configs share.)
     stack, count = [data], 0
     while stack:
         value = stack.pop()
