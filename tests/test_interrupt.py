@@ -56,32 +56,40 @@ def _indicators(run_dir):
         return {row[0] for row in conn.execute('SELECT DISTINCT indicator FROM scalars')}
 
 
+def _stopped(project, args, sig, ready, status, line, poll=0.2):
+    """
+    Run `gpt-train ARGS` in `project`, send it `sig` once `ready(proc)` holds, and check that it
+    ends with `status` and `line`, without a traceback.
+    """
+    env = {**os.environ, 'PYTHONPATH': str(REPO_ROOT), 'OMP_NUM_THREADS': '1', 'PYTHONUNBUFFERED': '1'}
+    proc = subprocess.Popen([sys.executable, '-m', 'gpt_experiment.main', *args], cwd=project,
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.time() + 120
+        while time.time() < deadline and proc.poll() is None and not ready(proc):
+            time.sleep(poll)
+        assert proc.poll() is None, proc.stderr.read()
+        proc.send_signal(sig)
+        _, stderr = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == status, stderr[-2000:]
+    assert stderr.strip().splitlines()[-1] == line
+    assert 'Traceback' not in stderr
+
+
 @pytest.mark.parametrize('sig, status, line', [(signal.SIGINT, 130, 'interrupted'),
                                                (signal.SIGTERM, 143, 'terminated')])
 @pytest.mark.slow
 def test_a_signal_saves_a_checkpoint_after_the_step_and_exits(tmp_path, sig, status, line):
     project = write_project(tmp_path)
     args = [f'{k}={v}' for k, v in ARGS.items()] + ['epochs=1000', 'log_interval=1', 'checkpoint_minutes=0']
-    env = {**os.environ, 'PYTHONPATH': str(REPO_ROOT), 'OMP_NUM_THREADS': '1', 'PYTHONUNBUFFERED': '1'}
-    proc = subprocess.Popen([sys.executable, '-m', 'gpt_experiment.main', *args, '--name', 'stop'], cwd=project,
-                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    try:
-        # Wait until training steps are being recorded, then send the signal once.
-        deadline = time.time() + 120
-        while time.time() < deadline and proc.poll() is None:
-            runs = run_dirs(project, 'stop')
-            if runs and _trained_steps(runs[0]) >= 3:
-                break
-            time.sleep(0.2)
-        assert proc.poll() is None, proc.stderr.read()
-        proc.send_signal(sig)
-        _, stderr = proc.communicate(timeout=60)
-    finally:
-        proc.kill()
 
-    assert proc.returncode == status, stderr[-2000:]
-    assert stderr.strip().splitlines()[-1] == line
-    assert 'Traceback' not in stderr
+    def training(proc):
+        # training steps are being recorded
+        runs = run_dirs(project, 'stop')
+        return bool(runs) and _trained_steps(runs[0]) >= 3
+    _stopped(project, [*args, '--name', 'stop'], sig, training, status, line)
     (run_dir,) = run_dirs(project, 'stop')
     # The newest checkpoint is the step it stopped at: the last one trained and reported.
     stopped = read_scalars(run_dir, 'loss.train')[-1][0]
@@ -106,23 +114,15 @@ def test_a_stop_before_training_is_one_line(tmp_path, when, sig, status, line):
     # torch's C extension imports numpy and swallows any error there, a KeyboardInterrupt too:
     # a Ctrl-C then was lost, and numpy left half imported failed the run later, in a traceback.
     project = write_project(tmp_path)
-    env = {**os.environ, 'PYTHONPATH': str(REPO_ROOT), 'OMP_NUM_THREADS': '1'}
-    proc = subprocess.Popen([sys.executable, '-m', 'gpt_experiment.main', *[f'{k}={v}' for k, v in ARGS.items()]],
-                            cwd=project, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    try:
-        deadline = time.time() + 60
-        while time.time() < deadline and proc.poll() is None and not _loaded(proc.pid, 'libtorch'):
-            time.sleep(0.005)
-        if when == 'computing the configs':
-            time.sleep(1.5)
-        assert proc.poll() is None
-        proc.send_signal(sig)
-        _, stderr = proc.communicate(timeout=60)
-    finally:
-        proc.kill()
-    assert proc.returncode == status, stderr[-2000:]
-    assert stderr.strip().splitlines()[-1] == line
-    assert 'Traceback' not in stderr
+    started = []
+
+    def ready(proc):
+        # numpy's core library is mapped: numpy is being imported, which torch's import does;
+        # the configs are computed a little later
+        if not started and _loaded(proc.pid, '_multiarray_umath'):
+            started.append(time.time())
+        return bool(started) and time.time() >= started[0] + (1.5 if when == 'computing the configs' else 0)
+    _stopped(project, [f'{k}={v}' for k, v in ARGS.items()], sig, ready, status, line, poll=0.005)
 
 
 def _signal_at_step(n, sig):
