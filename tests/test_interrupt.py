@@ -110,6 +110,7 @@ def _loaded(pid: int, library: str) -> bool:
 @pytest.mark.parametrize('sig, status, line', [(signal.SIGINT, 130, 'interrupted'),
                                                (signal.SIGTERM, 143, 'terminated')])
 @pytest.mark.parametrize('when', ['importing torch', 'computing the configs'])
+@pytest.mark.slow
 def test_a_stop_before_training_is_one_line(tmp_path, when, sig, status, line):
     # torch's C extension imports numpy and swallows any error there, a KeyboardInterrupt too:
     # a Ctrl-C then was lost, and numpy left half imported failed the run later, in a traceback.
